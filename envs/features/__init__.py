@@ -1,0 +1,24 @@
+"""Causal features, scalers and windowing over a :class:`~envs.data.dataset.MarketDataset`.
+
+``compute_features`` turns a dataset into a ``(T, N, F)`` float32 :class:`FeatureSet`; scalers are
+fitted on the training split and saved as JSON; ``sliding_windows`` / ``window_at`` cut the
+look-back windows observations are built from.
+"""
+
+from __future__ import annotations
+
+from envs.features.pipeline import (
+    DEFAULT_FEATURES,
+    VALID_PATTERNS,
+    FeatureSet,
+    compute_features,
+    parse_feature,
+)
+
+__all__ = [
+    "DEFAULT_FEATURES",
+    "VALID_PATTERNS",
+    "FeatureSet",
+    "compute_features",
+    "parse_feature",
+]
