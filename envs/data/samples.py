@@ -60,15 +60,9 @@ def load_sample(name: str = "btc_usd_hourly") -> MarketDataset:
     Returns:
         A validated single-asset :class:`MarketDataset` (symbol ``"BTC/USD"``, no extra columns).
     """
-    path = sample_path(name)
-    # The file's layout is fixed (we wrote it): unix seconds, open, high, low, close, volume.
-    table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64)
-    return MarketDataset(
-        timestamps=table[:, 0].astype(np.int64) * 1_000_000_000,
-        symbols=(SAMPLE_SYMBOLS[name],),
-        ohlcv=table[:, 1:6],
-        source=f"sample:{name}",
-    )
+    from envs.data.loaders import load_csv  # samples is imported by envs.data before loaders
+
+    return load_csv(sample_path(name), symbol=SAMPLE_SYMBOLS[name])
 
 
 def fix_swapped_volume(
