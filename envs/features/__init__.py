@@ -14,11 +14,27 @@ from envs.features.pipeline import (
     compute_features,
     parse_feature,
 )
+from envs.features.scaling import (
+    MinMaxScaler,
+    Scaler,
+    StandardScaler,
+    load_scaler,
+    scaler_from_dict,
+)
+from envs.features.windows import sliding_windows, window_at, windows_at
 
 __all__ = [
     "DEFAULT_FEATURES",
     "VALID_PATTERNS",
     "FeatureSet",
+    "MinMaxScaler",
+    "Scaler",
+    "StandardScaler",
     "compute_features",
+    "load_scaler",
     "parse_feature",
+    "scaler_from_dict",
+    "sliding_windows",
+    "window_at",
+    "windows_at",
 ]
