@@ -708,8 +708,7 @@ def _parse_timestamps(series, name: str, loc: RowLocator, unit: str | None) -> n
             "or epoch number in every row"
         )
     if pd.api.types.is_datetime64_any_dtype(series):
-        dt = series.dt.tz_convert("UTC") if series.dt.tz is not None else series
-        return dt.dt.as_unit("ns").to_numpy().astype(np.int64)
+        return _datetimes_to_ns(series)
     if not pd.api.types.is_numeric_dtype(series):
         as_num = pd.to_numeric(series, errors="coerce")
         if as_num.notna().mean() > 0.5:
@@ -747,7 +746,14 @@ def _parse_timestamps(series, name: str, loc: RowLocator, unit: str | None) -> n
             f"{loc.source}: column {name!r} {loc.where(pos)}: cannot parse {text.iloc[pos]!r} as "
             "a date; expected ISO-8601 text (e.g. 2024-01-31 13:00:00) or an epoch number"
         )
-    return parsed.dt.as_unit("ns").to_numpy().astype(np.int64)
+    return _datetimes_to_ns(parsed)
+
+
+def _datetimes_to_ns(series) -> np.ndarray:
+    """datetime64 Series (naive = UTC, or zoned) -> int64 ns since the epoch, UTC."""
+    if series.dt.tz is not None:
+        series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+    return series.dt.as_unit("ns").to_numpy(dtype="datetime64[ns]").view(np.int64)
 
 
 def _to_float(series, name: str, loc: RowLocator, *, required: bool) -> np.ndarray | None:
