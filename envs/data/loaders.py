@@ -731,7 +731,7 @@ def _parse_timestamps(series, name: str, loc: RowLocator, unit: str | None) -> n
         if bad.any():
             pos = int(np.argmax(bad))
             raise DataError(
-                f"{loc.source}: column {name!r} {loc.where(pos)}: {values[pos]!r} is not a "
+                f"{loc.source}: column {name!r} {loc.where(pos)}: {float(values[pos])!r} is not a "
                 f"valid epoch timestamp in {unit}"
             )
         return np.round(values * factor).astype(np.int64)

@@ -105,7 +105,7 @@ def check_finite(
         pos, col = _first_true(bad)
         raise DataError(
             f"{loc.source}: {_sym(symbol)}column {names[col]!r} {loc.where(pos)}: value "
-            f"{values[pos, col]!r} is not a finite number; expected a finite float "
+            f"{float(values[pos, col])!r} is not a finite number; expected a finite float "
             "(fill or drop missing bars before loading)"
         )
 
@@ -124,21 +124,21 @@ def check_ohlcv_values(ohlcv: np.ndarray, loc: RowLocator, symbol: str | None = 
             pos = int(np.argmax(bad))
             raise DataError(
                 f"{loc.source}: {_sym(symbol)}column {name!r} {loc.where(pos)}: price "
-                f"{ohlcv[pos, j]!r} is not positive; expected > 0"
+                f"{float(ohlcv[pos, j])!r} is not positive; expected > 0"
             )
     bad = v < 0
     if bad.any():
         pos = int(np.argmax(bad))
         raise DataError(
-            f"{loc.source}: {_sym(symbol)}column 'volume' {loc.where(pos)}: volume {v[pos]!r} "
-            "is negative; expected >= 0"
+            f"{loc.source}: {_sym(symbol)}column 'volume' {loc.where(pos)}: volume "
+            f"{float(v[pos])!r} is negative; expected >= 0"
         )
     bad = h < lo
     if bad.any():
         pos = int(np.argmax(bad))
         raise DataError(
             f"{loc.source}: {_sym(symbol)}columns 'high'/'low' {loc.where(pos)}: high "
-            f"{h[pos]!r} < low {lo[pos]!r}; expected high >= low"
+            f"{float(h[pos])!r} < low {float(lo[pos])!r}; expected high >= low"
         )
     for name, col in (("open", o), ("close", c)):
         bad = (col < lo) | (col > h)
@@ -146,8 +146,8 @@ def check_ohlcv_values(ohlcv: np.ndarray, loc: RowLocator, symbol: str | None = 
             pos = int(np.argmax(bad))
             raise DataError(
                 f"{loc.source}: {_sym(symbol)}column {name!r} {loc.where(pos)}: {name} "
-                f"{col[pos]!r} outside [low, high] = [{lo[pos]!r}, {h[pos]!r}]; "
-                "expected low <= open, close <= high"
+                f"{float(col[pos])!r} outside [low, high] = "
+                f"[{float(lo[pos])!r}, {float(h[pos])!r}]; expected low <= open, close <= high"
             )
 
 
