@@ -41,7 +41,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -99,21 +99,58 @@ class _Kind:
     pattern: str  # shown to users in errors
     regex: re.Pattern[str]
     columns: tuple[str, ...]  # dataset columns it reads (validated before use)
-    build: Callable[[MarketDataset, tuple[int, ...]], _Computed]
+    build: Callable[[_Context, tuple[int, ...]], _Computed]
 
 
-def _close(ds: MarketDataset) -> np.ndarray:
-    return ds.close
+class _Context:
+    """The dataset plus intermediate arrays shared by several features within one call.
+
+    ``bb_pos_20`` and ``bb_width_20`` share their rolling moments, ``macd_*`` siblings their
+    EMAs. Cached arrays are never written to (the pipeline copies into its own output).
+    """
+
+    def __init__(self, ds: MarketDataset) -> None:
+        self.ds = ds
+        self._memo: dict[tuple, object] = {}
+
+    def _cached(self, key: tuple, compute: Callable[[], object]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def close_moments(self, window: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._cached(
+            ("close_moments", window), lambda: tf.rolling_mean_var(self.ds.close, window)
+        )
+
+    def close_ema(self, span: int) -> np.ndarray:
+        return self._cached(("close_ema", span), lambda: tf.ema(self.ds.close, 2.0 / (span + 1)))
+
+    def macd_line(self, fast: int, slow: int) -> np.ndarray:
+        def line() -> np.ndarray:
+            slow_ema = self.close_ema(slow)
+            return (self.close_ema(fast) - slow_ema) / slow_ema
+
+        return self._cached(("macd_line", fast, slow), line)
+
+    def macd_signal(self, fast: int, slow: int, signal: int) -> np.ndarray:
+        return self._cached(
+            ("macd_signal", fast, slow, signal),
+            lambda: tf.ema(self.macd_line(fast, slow), 2.0 / (signal + 1)),
+        )
+
+    def log_return_1(self) -> np.ndarray:
+        return self._cached(("logret", 1), lambda: tf.lag_log_return(self.ds.close, 1))
 
 
-def _logret(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
+def _logret(ctx: _Context, p: tuple[int, ...]) -> _Computed:
     (lag,) = p
-    return _Computed(tf.lag_log_return(_close(ds), lag), lag)
+    return _Computed(tf.lag_log_return(ctx.ds.close, lag), lag)
 
 
-def _rvol(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
+def _rvol(ctx: _Context, p: tuple[int, ...]) -> _Computed:
     (window,) = p
-    ret = tf.lag_log_return(_close(ds), 1)
+    ret = ctx.log_return_1()
     out = np.full(ret.shape, np.nan)
     if ret.shape[0] > 1:
         _, var = tf.rolling_mean_var(ret[1:], window)
@@ -121,9 +158,9 @@ def _rvol(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
     return _Computed(out, window)
 
 
-def _rsi(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
+def _rsi(ctx: _Context, p: tuple[int, ...]) -> _Computed:
     (period,) = p
-    close = _close(ds)
+    close = ctx.ds.close
     diff = np.zeros_like(close)
     diff[1:] = close[1:] - close[:-1]
     avg_gain = tf.wilder(np.maximum(diff, 0.0), period, first=1)
@@ -136,34 +173,25 @@ def _rsi(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
     return _Computed(centred, period)
 
 
-def _macd_parts(ds: MarketDataset, fast: int, slow: int) -> np.ndarray:
-    close = _close(ds)
-    fast_ema = tf.ema(close, 2.0 / (fast + 1))
-    slow_ema = tf.ema(close, 2.0 / (slow + 1))
-    return (fast_ema - slow_ema) / slow_ema
-
-
 def _check_macd(p: tuple[int, ...]) -> None:
     if p[0] >= p[1]:
         raise ConfigError(f"macd: fast span {p[0]} must be shorter than slow span {p[1]}")
 
 
-def _macd(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
+def _macd(ctx: _Context, p: tuple[int, ...]) -> _Computed:
     _check_macd(p)
     warm = p[1] + (p[2] if len(p) > 2 else 0)
-    return _Computed(_macd_parts(ds, p[0], p[1]), warm)
+    return _Computed(ctx.macd_line(p[0], p[1]), warm)
 
 
-def _macd_signal(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
+def _macd_signal(ctx: _Context, p: tuple[int, ...]) -> _Computed:
     _check_macd(p)
-    line = _macd_parts(ds, p[0], p[1])
-    return _Computed(tf.ema(line, 2.0 / (p[2] + 1)), p[1] + p[2])
+    return _Computed(ctx.macd_signal(*p), p[1] + p[2])
 
 
-def _macd_hist(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
+def _macd_hist(ctx: _Context, p: tuple[int, ...]) -> _Computed:
     _check_macd(p)
-    line = _macd_parts(ds, p[0], p[1])
-    return _Computed(line - tf.ema(line, 2.0 / (p[2] + 1)), p[1] + p[2])
+    return _Computed(ctx.macd_line(p[0], p[1]) - ctx.macd_signal(*p), p[1] + p[2])
 
 
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -174,29 +202,30 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bb_pos(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
+def _bb_pos(ctx: _Context, p: tuple[int, ...]) -> _Computed:
     (window,) = p
-    close = _close(ds)
-    mean, var = tf.rolling_mean_var(close, window)
+    close = ctx.ds.close
+    mean, var = ctx.close_moments(window)
     return _Computed(_safe_ratio(close - mean, 2.0 * np.sqrt(var)), window - 1)
 
 
-def _bb_width(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
+def _bb_width(ctx: _Context, p: tuple[int, ...]) -> _Computed:
     (window,) = p
-    mean, var = tf.rolling_mean_var(_close(ds), window)
+    mean, var = ctx.close_moments(window)
     return _Computed(4.0 * np.sqrt(var) / mean, window - 1)
 
 
-def _atr(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
+def _atr(ctx: _Context, p: tuple[int, ...]) -> _Computed:
     (period,) = p
+    ds = ctx.ds
     tr = tf.true_range(ds.high, ds.low, ds.close)
     # Row 0 has no previous close; Wilder's ATR starts from the first full true range (row 1).
     return _Computed(tf.wilder(tr, period, first=1) / ds.close, period)
 
 
-def _volz(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
+def _volz(ctx: _Context, p: tuple[int, ...]) -> _Computed:
     (window,) = p
-    volume = ds.volume
+    volume = ctx.ds.volume
     mean, var = tf.rolling_mean_var(volume, window)
     return _Computed(_safe_ratio(volume - mean, np.sqrt(var)), window - 1)
 
@@ -217,8 +246,9 @@ def _per_asset(ds: MarketDataset, row: np.ndarray) -> np.ndarray:
 
 def _cyclic(
     phase: Callable[[MarketDataset], np.ndarray], period: float, fn: Callable
-) -> Callable[[MarketDataset, tuple[int, ...]], _Computed]:
-    def build(ds: MarketDataset, p: tuple[int, ...]) -> _Computed:
+) -> Callable[[_Context, tuple[int, ...]], _Computed]:
+    def build(ctx: _Context, p: tuple[int, ...]) -> _Computed:
+        ds = ctx.ds
         return _Computed(_per_asset(ds, fn(2.0 * np.pi * phase(ds) / period)), 0)
 
     return build
@@ -363,22 +393,23 @@ def compute_features(dataset: MarketDataset, names: Sequence[str] | None = None)
     _validate_columns(dataset, needed)
 
     n_bars, n_assets = len(dataset), dataset.n_assets
+    ctx = _Context(dataset)
     out = np.empty((n_bars, n_assets, len(names)), dtype=np.float32)
     warmup = 0
     for f, (name, (pattern, params)) in enumerate(zip(names, parsed, strict=True)):
         if pattern == "extra:<column>":
             computed = _extra(dataset, name[len("extra:") :])
         else:
-            computed = kinds[pattern].build(dataset, params)
+            computed = kinds[pattern].build(ctx, params)
         warm = min(computed.warmup, n_bars)
-        col = computed.values
-        col[:warm] = 0.0  # neutral value of every feature kind here
+        col = computed.values[warm:]
         if not np.isfinite(col).all():
             row, asset = np.argwhere(~np.isfinite(col))[0]
             raise DataError(
-                f"{dataset.source}: feature {name!r} is not finite at row {row} "
+                f"{dataset.source}: feature {name!r} is not finite at row {warm + row} "
                 f"(symbol {dataset.symbols[asset]!r}) after its warm-up of {warm} bars"
             )
-        out[:, :, f] = col
+        out[warm:, :, f] = col
+        out[:warm, :, f] = 0.0  # the neutral value of every feature kind here
         warmup = max(warmup, warm)
     return FeatureSet(values=out, names=names, warmup=warmup)

@@ -139,51 +139,63 @@ def rolling_mean_var(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray
         raise ValueError(f"rolling window must be >= 1, got {window}")
     x2, was_1d = _as_2d(x)
     n_rows, n_cols = x2.shape
-    mean = np.full(x2.shape, np.nan)
-    var = np.full(x2.shape, np.nan)
     if n_rows < window:
-        return _restore(mean, was_1d), _restore(var, was_1d)
+        return _restore(np.full(x2.shape, np.nan), was_1d), _restore(
+            np.full(x2.shape, np.nan), was_1d
+        )
     block = max(window, _MOMENT_BLOCK)
     n_blocks = -(-n_rows // block)
-    padded = np.empty((n_blocks * block, n_cols))
-    padded[:n_rows] = x2
-    padded[n_rows:] = x2[-1]  # padding sits after every real row: it never reaches them
-    xb = padded.reshape(n_blocks, block, n_cols)
-    anchor = xb[:, 0, :].copy()  # (n_blocks, N)
-    dev = xb - anchor[:, None, :]
-    s1 = np.cumsum(dev, axis=1)
-    s2 = np.cumsum(dev * dev, axis=1)
-    tot1 = s1[:, -1, :]
-    tot2 = s2[:, -1, :]
-    s1f = s1.reshape(-1, n_cols)
-    s2f = s2.reshape(-1, n_cols)
+    n_pad = n_blocks * block
+    # Work in place on few arrays: at 1e6 rows, fresh temporaries cost more than arithmetic.
+    s1 = np.empty((n_pad, n_cols))
+    s1[:n_rows] = x2
+    s1[n_rows:] = x2[-1]  # padding sits after every real row: it never reaches them
+    s1b = s1.reshape(n_blocks, block, n_cols)
+    anchor = s1b[:, 0, :].copy()  # (n_blocks, N)
+    s1b -= anchor[:, None, :]  # deviations from the block anchor
+    s2 = np.square(s1)
+    s2b = s2.reshape(n_blocks, block, n_cols)
+    np.cumsum(s1b, axis=1, out=s1b)
+    np.cumsum(s2b, axis=1, out=s2b)
+    tot1 = s1b[:, -1, :]
+    tot2 = s2b[:, -1, :]
 
-    t = np.arange(window - 1, n_rows)
-    blk = t // block
-    pos = t % block
-    sum1 = s1f[t].copy()
-    sum2 = s2f[t].copy()
-    # Window wholly inside its block and not starting at the block's first row: subtract the
-    # cumulative sum just before the window.
-    inside = pos >= window
-    lag = t[inside] - window
-    sum1[inside] -= s1f[lag]
-    sum2[inside] -= s2f[lag]
-    # Window spanning the previous block: its tail there, shifted to this block's anchor.
-    spans = pos < window - 1
-    ts = t[spans]
-    bs = blk[spans]
-    m = (window - 1 - pos[spans])[:, None].astype(np.float64)
-    prev1 = tot1[bs - 1] - s1f[ts - window]
-    prev2 = tot2[bs - 1] - s2f[ts - window]
-    delta = anchor[bs - 1] - anchor[bs]
-    sum1[spans] += prev1 + m * delta
-    sum2[spans] += prev2 + 2.0 * delta * prev1 + m * delta * delta
+    # Output row t holds the window (t - window, t]. Bulk: sum = S[t] - S[t - window] with both
+    # in t's block; the rows whose window reaches a block start (about window / block of them)
+    # are fixed up on their indices alone.
+    mean = np.empty((n_pad, n_cols))
+    var = np.empty((n_pad, n_cols))
+    mean[: window - 1] = np.nan
+    var[: window - 1] = np.nan
+    sum1 = mean[window - 1 : n_rows]
+    sum2 = var[window - 1 : n_rows]
+    np.subtract(s1[window:n_rows], s1[: n_rows - window], out=sum1[1:])
+    np.subtract(s2[window:n_rows], s2[: n_rows - window], out=sum2[1:])
+    sum1[0] = s1[window - 1]
+    sum2[0] = s2[window - 1]
+    starts = np.arange(n_blocks)[:, None] * block
+    edge = (starts + np.arange(window)[None, :]).ravel()  # t with (t mod block) < window
+    edge = edge[(edge >= window - 1) & (edge < n_rows)]
+    sum1[edge - (window - 1)] = s1[edge]  # window starts at the block start, or earlier
+    sum2[edge - (window - 1)] = s2[edge]
+    # Windows spanning the previous block: its tail there, shifted to this block's anchor.
+    pos = edge % block
+    spans = edge[pos < window - 1]
+    if spans.size:
+        bs = spans // block
+        m = (window - 1 - spans % block)[:, None].astype(np.float64)
+        prev1 = tot1[bs - 1] - s1[spans - window]
+        prev2 = tot2[bs - 1] - s2[spans - window]
+        delta = anchor[bs - 1] - anchor[bs]
+        sum1[spans - (window - 1)] += prev1 + m * delta
+        sum2[spans - (window - 1)] += prev2 + 2.0 * delta * prev1 + m * delta * delta
 
-    mean_dev = sum1 / window
-    mean[window - 1 :] = anchor[blk] + mean_dev
-    var[window - 1 :] = np.maximum(sum2 / window - mean_dev * mean_dev, 0.0)
-    return _restore(mean, was_1d), _restore(var, was_1d)
+    sum1 /= window  # now the mean deviation from the anchor
+    sum2 /= window
+    sum2 -= np.square(sum1)
+    np.maximum(sum2, 0.0, out=sum2)
+    mean.reshape(n_blocks, block, n_cols)[...] += anchor[:, None, :]
+    return _restore(mean[:n_rows], was_1d), _restore(var[:n_rows], was_1d)
 
 
 def lag_log_return(close: np.ndarray, lag: int) -> np.ndarray:
