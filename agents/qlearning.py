@@ -47,6 +47,7 @@ from torch import nn
 
 from agents.base import Learner, ScalarWriter, StepCallback, get_device
 from agents.checkpoint import atomic_torch_save, safe_torch_load
+from agents.networks import mlp
 from agents.replay import ReplayBatch, ReplayBuffer
 from agents.spaces import ObservationFlattener, space_from_dict, space_to_dict
 from envs.errors import ConfigError, DataError
@@ -142,21 +143,12 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 # ----------------------------------------------------------------------------------------------
 
 
-def _mlp(in_dim: int, hidden_sizes: tuple[int, ...], activation: str) -> tuple[nn.Sequential, int]:
-    """Hidden layers only; returns the module and its output width."""
-    layers: list[nn.Module] = []
-    width = in_dim
-    for h in hidden_sizes:
-        layers += [nn.Linear(width, h), _ACTIVATIONS[activation]()]
-        width = h
-    return nn.Sequential(*layers), width
-
-
 class QNetwork(nn.Module):
     """MLP from a flat observation to one Q-value per action, optionally with dueling heads.
 
     Dueling (Wang et al. 2016, eq. 9): ``Q = V + A - mean_a A``; subtracting the mean makes V and
-    A identifiable and is the variant the paper found most stable.
+    A identifiable and is the variant the paper found most stable. Both heads share the hidden
+    layers.
     """
 
     def __init__(
@@ -168,21 +160,29 @@ class QNetwork(nn.Module):
         dueling: bool,
     ) -> None:
         super().__init__()
-        self.body, width = _mlp(obs_dim, hidden_sizes, activation)
+        act = _ACTIVATIONS[activation]
         self.dueling = dueling
-        if dueling:
-            self.value_head = nn.Linear(width, 1)
-            self.advantage_head = nn.Linear(width, n_actions)
+        if not dueling:
+            self.q_net = mlp(obs_dim, hidden_sizes, n_actions, act)
+            return
+        if hidden_sizes:
+            # mlp() ends on a linear layer; the shared body needs its activation too.
+            self.body: nn.Module = nn.Sequential(
+                mlp(obs_dim, hidden_sizes[:-1], hidden_sizes[-1], act), act()
+            )
+            width = hidden_sizes[-1]
         else:
-            self.q_head = nn.Linear(width, n_actions)
+            self.body, width = nn.Identity(), obs_dim
+        self.value_head = nn.Linear(width, 1)
+        self.advantage_head = nn.Linear(width, n_actions)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Q-values, shape ``(batch, n_actions)``."""
+        if not self.dueling:
+            return self.q_net(obs)
         features = self.body(obs)
-        if self.dueling:
-            advantage = self.advantage_head(features)
-            return self.value_head(features) + advantage - advantage.mean(dim=1, keepdim=True)
-        return self.q_head(features)
+        advantage = self.advantage_head(features)
+        return self.value_head(features) + advantage - advantage.mean(dim=1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------------------------
