@@ -109,6 +109,27 @@ def test_no_look_ahead_every_feature(dataset: MarketDataset, name: str) -> None:
     assert later_rows_moved, name
 
 
+@pytest.fixture(scope="module")
+def long_dataset() -> MarketDataset:
+    return make_dataset(6000, 1, seed=5)
+
+
+# Cuts on both sides of the internal block boundaries. Rolling moments: every 1024 bars.
+# EMA closed-form blocks: int(200 / -log(1 - alpha)) bars: 896 for span 9, 1197 for span 12,
+# 2598 for span 26; Wilder 14 (2698 bars) starts after its seed at bar 14, so at 2713.
+LONG_CUTS = (895, 896, 1023, 1024, 1030, 1196, 1197, 2597, 2598, 2712, 2713, 5200)
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_no_look_ahead_across_internal_blocks(long_dataset: MarketDataset, name: str) -> None:
+    base = compute_features(long_dataset, [name]).values
+    for i, t in enumerate(LONG_CUTS):
+        changed = compute_features(perturb_after(long_dataset, t, seed=100 + i), [name]).values
+        assert base[: t + 1].tobytes() == changed[: t + 1].tobytes(), (name, t)
+        prefix = compute_features(long_dataset.slice(0, t + 1), [name]).values
+        assert prefix.tobytes() == base[: t + 1].tobytes(), (name, t)
+
+
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_prefix_gives_same_values(dataset: MarketDataset, name: str) -> None:
     """Computing on bars [0, t] (a live bot's history) equals the full computation up to t."""
@@ -294,6 +315,7 @@ def test_unknown_name_lists_valid_patterns(dataset: MarketDataset) -> None:
         ([], "empty"),
         (["extra:"], "extra"),
         (["extra:nope"], "no extra column 'nope'"),
+        ("rsi_14", "sequence of names"),
         ([3], "strings"),
     ],
 )

@@ -378,6 +378,11 @@ def compute_features(dataset: MarketDataset, names: Sequence[str] | None = None)
         ConfigError: an unknown or malformed feature name, a duplicate, or an empty list.
         DataError: a column a feature needs is non-finite or non-positive (volume: negative).
     """
+    if isinstance(names, str):
+        raise ConfigError(
+            f"compute_features: names must be a sequence of names, got the string {names!r}; "
+            f"write [{names!r}]"
+        )
     names = tuple(DEFAULT_FEATURES if names is None else names)
     if not names:
         raise ConfigError("compute_features: names is empty; give at least one feature name")
