@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
 from envs.features.transforms import (
@@ -99,3 +101,33 @@ def test_log_return_and_true_range() -> None:
     np.testing.assert_array_equal(lag_log_return(c, 5), [np.nan] * 3)
     tr = true_range(np.array([2.0, 5.0]), np.array([1.0, 4.5]), np.array([1.5, 4.8]))
     np.testing.assert_allclose(tr, [1.0, 3.5])  # |5 - 1.5| beats 5 - 4.5
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_rows=st.integers(1, 3000),
+    window=st.integers(1, 1100),
+    level=st.sampled_from([0.0, 1.0, 1e4]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_rolling_moments_property(n_rows: int, window: int, level: float, seed: int) -> None:
+    x = level + np.random.default_rng(seed).normal(0, 1, (n_rows, 2))
+    mean, var = rolling_mean_var(x, window)
+    assert mean.shape == var.shape == x.shape
+    assert np.isnan(mean[: window - 1]).all()
+    if n_rows >= window:
+        windows = sliding_window_view(x, window, axis=0)
+        np.testing.assert_allclose(mean[window - 1 :], windows.mean(-1), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(var[window - 1 :], windows.var(-1), rtol=1e-7, atol=1e-9)
+        assert (var[window - 1 :] >= 0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_rows=st.integers(1, 3000),
+    alpha=st.floats(1e-4, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_ema_property(n_rows: int, alpha: float, seed: int) -> None:
+    x = np.random.default_rng(seed).normal(0, 1, (n_rows, 1))
+    np.testing.assert_allclose(ema(x, alpha), reference_ema(x, alpha, x[0]), rtol=0, atol=1e-10)

@@ -145,7 +145,8 @@ class _Context:
 
 def _logret(ctx: _Context, p: tuple[int, ...]) -> _Computed:
     (lag,) = p
-    return _Computed(tf.lag_log_return(ctx.ds.close, lag), lag)
+    ret = ctx.log_return_1() if lag == 1 else tf.lag_log_return(ctx.ds.close, lag)
+    return _Computed(ret, lag)
 
 
 def _rvol(ctx: _Context, p: tuple[int, ...]) -> _Computed:
