@@ -67,7 +67,8 @@ class ExecutionConfig:
             position completely (0 = none).
         rebalance_band: orders are dropped when the target exposure of an asset is within this
             distance of its current exposure and the target is not exactly flat (a no-trade band
-            that stops constant-exposure targets from paying fees on every small price move).
+            that stops constant-exposure targets from paying fees on every small price move;
+            default 0.05, i.e. drift of under 5 percentage points is not traded back).
         latency: bars between a decision (made at a bar's close) and its fill (at a later bar's
             open); 1 = next bar's open. Must be >= 1: filling at the bar that was just observed
             is look-ahead.
@@ -82,7 +83,7 @@ class ExecutionConfig:
     allow_short: bool = True
     lot_size: float = 0.0
     min_notional: float = 0.0
-    rebalance_band: float = 0.0
+    rebalance_band: float = 0.05
     latency: int = 1
 
     def __post_init__(self) -> None:
@@ -160,7 +161,7 @@ def discrete_to_target(
 
 
 def discrete_action_masks(positions: np.ndarray, config: ExecutionConfig) -> np.ndarray:
-    """Boolean mask over discrete actions (True = allowed), the format sb3-contrib MaskablePPO uses."""
+    """Boolean mask over discrete actions (True = allowed), as sb3-contrib MaskablePPO wants."""
     mask = np.abs(positions) <= config.max_leverage + 1e-12
     if not config.allow_short:
         mask &= positions >= 0
@@ -174,21 +175,22 @@ def _cap_gross(target: np.ndarray, max_leverage: float) -> np.ndarray:
 
 
 def continuous_to_target(action: np.ndarray, config: ExecutionConfig) -> np.ndarray:
-    """Map continuous target exposures to allowed ones (documented clip, never an error).
+    """Map normalised continuous actions to target exposures (documented clip, never an error).
 
-    Each exposure is clipped to ``[-max_leverage, max_leverage]`` (``[0, max_leverage]`` without
-    shorts); then, if the gross exposure exceeds ``max_leverage``, all are scaled down by the same
-    factor so the book stays within the leverage limit.
+    The action space is normalised (``[-1, 1]``, or ``[0, 1]`` without shorts, as SB3
+    recommends); each entry is clipped to it and multiplied by ``max_leverage``. If the gross
+    exposure then exceeds ``max_leverage`` (several assets), all exposures are scaled down by the
+    same factor so the book stays within the leverage limit.
 
     Args:
-        action: ``(B, N)`` finite target exposures.
+        action: ``(B, N)`` finite actions.
         config: execution limits.
 
     Returns:
-        ``(B, N)`` float64 target exposures.
+        ``(B, N)`` float64 target exposures in ``[-max_leverage, max_leverage]``.
     """
-    low = -config.max_leverage if config.allow_short else 0.0
-    target = np.clip(np.asarray(action, dtype=np.float64), low, config.max_leverage)
+    low = -1.0 if config.allow_short else 0.0
+    target = np.clip(np.asarray(action, dtype=np.float64), low, 1.0) * config.max_leverage
     return _cap_gross(target, config.max_leverage)
 
 

@@ -27,9 +27,9 @@ from envs.execution import ExecutionConfig, holding_cost, order_costs, size_orde
 from envs.rewards import Reward, RewardContext, RewardState
 
 __all__ = [
+    "PORTFOLIO_CLIP",
     "CoreParams",
     "CoreState",
-    "PORTFOLIO_CLIP",
     "MarketArrays",
     "StepOutput",
     "build_market_arrays",
@@ -279,7 +279,7 @@ def initial_state(
     starts: np.ndarray,
     ends: np.ndarray,
 ) -> CoreState:
-    """Fresh state for ``B`` episodes starting at decision bars ``starts`` and ending at ``ends``."""
+    """Fresh state of ``B`` episodes with first decision bars ``starts`` and last bars ``ends``."""
     starts = np.asarray(starts, dtype=np.int64)
     batch = starts.shape[0]
     n = arrays.n_assets

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -22,9 +22,9 @@ from envs.execution import (
     weights_to_target,
 )
 from envs.market_core import (
+    PORTFOLIO_CLIP,
     CoreParams,
     CoreState,
-    PORTFOLIO_CLIP,
     MarketArrays,
     build_market_arrays,
     initial_state,
@@ -108,10 +108,8 @@ class MarketSetup:
             return discrete_to_target(arr.reshape(batch), self.positions, cfg)
         shape = self.action_space.shape
         arr = np.asarray(actions, dtype=np.float64) if _is_numeric(actions) else None
-        if (
-            arr is None
-            or arr.shape not in ((batch, *shape),)
-            and not (batch == 1 and arr.shape == shape)
+        if arr is None or (
+            arr.shape != (batch, *shape) and not (batch == 1 and arr.shape == shape)
         ):
             got = "non-numeric" if arr is None else str(arr.shape)
             raise ActionError(f"{self.action_mode} action: expected shape {shape}, got {got}")
@@ -157,7 +155,7 @@ def build_market_setup(
     latency: int = 1,
     lot_size: float = 0.0,
     min_notional: float = 0.0,
-    rebalance_band: float = 0.0,
+    rebalance_band: float = 0.05,
     vol_lookback: int = 24,
     obs_clip: float = 10.0,
     reward: str | Callable[[RewardContext], Any] | Reward = "log_return",
@@ -291,8 +289,8 @@ def build_market_setup(
     if action_mode == "discrete":
         action_space: spaces.Space = spaces.Discrete(pos_arr.shape[0])
     elif action_mode == "continuous":
-        low = -cfg.max_leverage if cfg.allow_short else 0.0
-        action_space = spaces.Box(low, cfg.max_leverage, shape=(n_assets,), dtype=np.float32)
+        low = -1.0 if cfg.allow_short else 0.0
+        action_space = spaces.Box(low, 1.0, shape=(n_assets,), dtype=np.float32)
     else:
         low_arr = np.full(n_assets + 1, -1.0 if cfg.allow_short else 0.0, dtype=np.float32)
         low_arr[-1] = 0.0
@@ -343,16 +341,18 @@ class MarketTradingEnv(gym.Env):
     * ``action_mode="discrete"`` (single asset): ``Discrete(K)``, action ``i`` targets exposure
       ``positions[i]`` (default ``(-1, 0, 1)`` = short / flat / long). ``action_masks()`` gives the
       allowed actions (shorts masked when ``allow_short=False``; taken anyway they go flat).
-    * ``"continuous"``: ``Box(-max_leverage, max_leverage, (N,))`` target exposure per asset
-      (lower bound 0 without shorts). Out-of-range values are clipped, then the gross exposure is
-      scaled down to ``max_leverage``.
+    * ``"continuous"``: ``Box(-1, 1, (N,))`` (``[0, 1]`` without shorts), target exposure per
+      asset in units of ``max_leverage`` (exposure = action * max_leverage; the space is
+      normalised as SB3 recommends). Out-of-range values are clipped, then the gross exposure
+      is scaled down to ``max_leverage``.
     * ``"weights"``: ``Box((N + 1,))`` weights over the assets plus cash (last entry), in
       ``[-1, 1]`` (``[0, 1]`` without shorts; cash always ``[0, 1]``). Projection: clip, then
       L1-normalise ``w = a / sum|a|``; exposures are ``w[:N] * max_leverage``; all zeros = cash.
 
     NaN/inf or wrongly shaped actions raise :class:`~envs.execution.ActionError` (a
     ``DataError``). Orders are rounded toward zero to ``lot_size``, and dropped under
-    ``min_notional`` or inside ``rebalance_band`` (a target of exactly 0 always closes).
+    ``min_notional`` or inside ``rebalance_band`` (a target of exactly 0 always closes): with
+    the default band of 0.05, holding a position does not trade back every small price drift.
 
     ## Observation Space
 
@@ -404,7 +404,7 @@ class MarketTradingEnv(gym.Env):
     * ``initial_cash`` (10 000).
     * ``taker_fee`` (0.001), ``half_spread`` (0.0002), ``impact_k`` (1.0), ``borrow_rate``
       (0.05/yr), ``margin_rate`` (0.05/yr), ``latency`` (1 bar), ``lot_size`` (0),
-      ``min_notional`` (0), ``rebalance_band`` (0), ``vol_lookback`` (24 returns for sigma).
+      ``min_notional`` (0), ``rebalance_band`` (0.05), ``vol_lookback`` (24 returns for sigma).
     * ``obs_clip`` (10): scaled features are clipped to ``[-obs_clip, obs_clip]``.
     * ``reward`` ("log_return") and ``reward_kwargs``.
     * ``predictor_blocks``: ``{name: (T, ...) array}`` aligned with the dataset.
@@ -417,7 +417,7 @@ class MarketTradingEnv(gym.Env):
     * v0: initial version.
     """
 
-    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(self, *, render_mode: str | None = None, **kwargs: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:

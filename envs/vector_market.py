@@ -1,0 +1,212 @@
+"""Natively batched ``MarketTrading-v0``: N independent episodes stepped with array operations.
+
+The step is :func:`envs.market_core.step_core` applied to ``(num_envs, ...)`` state arrays, the
+same function the single env runs with a batch of one, so env ``i`` of a vector env seeded with
+``seed`` follows exactly the trajectory of a single env seeded with ``seed + i`` (tested).
+Python loops only run over envs that reset (to draw their start bar from their own generator)
+or finish (to compute their episode metrics), never over all envs in ``step``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from envs.errors import ConfigError
+from envs.market_core import CoreState, initial_state, observe, reset_rows, step_core
+from envs.market_env import MarketSetup, build_market_setup
+from envs.metrics import episode_metrics
+
+__all__ = ["MarketTradingVectorEnv"]
+
+
+class MarketTradingVectorEnv(VectorEnv):
+    """``num_envs`` independent ``MarketTrading-v0`` episodes in one set of arrays.
+
+    Autoreset follows Gymnasium's ``NEXT_STEP`` mode: the step after an episode ends returns the
+    first observation of the next episode (reward 0, not terminated or truncated) and ignores that
+    env's action. Infos are dicts of arrays with ``_key`` masks, as Gymnasium's vector envs do;
+    ``info["episode"]`` carries the finished episodes' metrics under the ``_episode`` mask.
+
+    Args:
+        num_envs: number of parallel episodes.
+        render_mode: must be None (render a single ``MarketTradingEnv`` instead).
+        **kwargs: every keyword argument of :class:`envs.market_env.MarketTradingEnv`.
+
+    Memory: the equity curves of the running episodes are kept in a ``(num_envs,
+    episode_length + 1)`` float64 buffer (``episode_length=None`` uses the data length).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {
+        "render_modes": [],
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+    }
+
+    def __init__(self, num_envs: int, render_mode: str | None = None, **kwargs: Any) -> None:
+        if int(num_envs) != num_envs or num_envs < 1:
+            raise ConfigError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        if render_mode is not None:
+            raise ConfigError(
+                "MarketTradingVectorEnv does not render; use MarketTradingEnv(render_mode=...)"
+            )
+        self.num_envs = int(num_envs)
+        self.render_mode = None
+        self.setup: MarketSetup = build_market_setup(**kwargs)
+        self.single_observation_space = self.setup.builder.observation_space
+        self.single_action_space = self.setup.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        lo, _ = self.setup.start_range()
+        length = self.setup.episode_length or (self.setup.arrays.n_bars - 1 - lo)
+        self._equity = np.zeros((self.num_envs, length + 1))
+        self._rngs: list[np.random.Generator] | None = None
+        self._state: CoreState | None = None
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+        self._rows = np.arange(self.num_envs)
+
+    # --- public views -------------------------------------------------------------------------
+    @property
+    def observation_builder(self):  # -> ObservationBuilder
+        """The builder of the observations (names of every element)."""
+        return self.setup.builder
+
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        """Names of the observation blocks, in flattening order."""
+        return self.setup.builder.block_names
+
+    @property
+    def scaler(self) -> Any:
+        """The fitted feature scaler; pass it to validation/test envs."""
+        return self.setup.scaler
+
+    @property
+    def state(self) -> CoreState | None:
+        """The current batched core state, read-only by convention."""
+        return self._state
+
+    def action_masks(self) -> np.ndarray:
+        """``(num_envs, K)`` allowed discrete actions (the same for every env)."""
+        if self.setup.action_mode != "discrete":
+            raise ConfigError("action_masks() exists only for action_mode='discrete'")
+        from envs.execution import discrete_action_masks
+
+        mask = discrete_action_masks(self.setup.positions, self.setup.params.execution)
+        return np.broadcast_to(mask, (self.num_envs, mask.shape[0])).copy()
+
+    # --- gym API --------------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset every env; an int ``seed`` seeds env ``i`` with ``seed + i``."""
+        if seed is not None or self._rngs is None:
+            if seed is None or isinstance(seed, int):
+                seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
+            else:
+                seeds = list(seed)
+                if len(seeds) != self.num_envs:
+                    raise ConfigError(f"seed list has {len(seeds)} entries for {self.num_envs}")
+            self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        if options:
+            raise ConfigError(f"MarketTradingVectorEnv.reset takes no options, got {options}")
+        starts, ends = self._draw(np.ones(self.num_envs, dtype=bool))
+        setup = self.setup
+        self._state = initial_state(setup.arrays, setup.params, setup.reward, starts, ends)
+        self._equity[:, 0] = setup.params.initial_cash
+        self._autoreset[:] = False
+        obs = setup.builder.build_batch(observe(self._state, setup.arrays, setup.params.window))
+        return obs, self._info(self._state, np.zeros(self.num_envs))
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step every env with array operations; envs that ended last step are reset instead."""
+        if self._state is None:
+            raise RuntimeError("MarketTradingVectorEnv.step called before reset()")
+        setup = self.setup
+        resetting = self._autoreset
+        if resetting.any():
+            # Their actions are ignored (NEXT_STEP autoreset): substitute a valid no-op.
+            actions = self._neutralise(actions, resetting)
+        targets = setup.map_actions(actions, self.num_envs)
+        state, out = step_core(setup.arrays, setup.params, setup.reward, self._state, targets)
+        rewards = out.reward
+        terminated = out.terminated
+        truncated = out.truncated
+        step_cost = out.step_cost
+        if resetting.any():
+            starts, ends = self._draw(resetting)
+            fresh = initial_state(setup.arrays, setup.params, setup.reward, starts, ends)
+            state = reset_rows(state, fresh, resetting)
+            rewards = np.where(resetting, 0.0, rewards)
+            terminated = terminated & ~resetting
+            truncated = truncated & ~resetting
+            step_cost = np.where(resetting, 0.0, step_cost)
+        self._state = state
+        self._equity[self._rows, state.steps] = state.value
+        done = terminated | truncated
+        info = self._info(state, step_cost)
+        if done.any():
+            info["episode"], info["_episode"] = self._episode_info(state, done), done.copy()
+        self._autoreset = done
+        obs = setup.builder.build_batch(observe(state, setup.arrays, setup.params.window))
+        return obs, rewards, terminated, truncated, info
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def _draw(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end bars for the envs in ``mask`` (others get placeholders)."""
+        starts = np.zeros(self.num_envs, dtype=np.int64)
+        ends = np.zeros(self.num_envs, dtype=np.int64)
+        for i in np.flatnonzero(mask):
+            starts[i], ends[i] = self.setup.draw_start(self._rngs[i])
+        return starts, ends
+
+    def _neutralise(self, actions: Any, mask: np.ndarray) -> np.ndarray:
+        arr = np.array(actions, copy=True)
+        if arr.ndim >= 1 and arr.shape[0] == self.num_envs:
+            if self.setup.action_mode == "discrete":
+                arr[mask] = int(np.argmin(np.abs(self.setup.positions)))
+            else:
+                arr = arr.astype(np.float64)
+                arr[mask] = 0.0
+        return arr
+
+    def _info(self, state: CoreState, step_cost: np.ndarray) -> dict[str, Any]:
+        close = self.setup.arrays.close[state.t]
+        value = np.where(np.abs(state.value) > 1e-12, state.value, 1e-12)
+        values = {
+            "portfolio_value": state.value.copy(),
+            "position": state.units * close / value[:, None],
+            "cash": state.cash.copy(),
+            "fees": state.fees.copy(),
+            "spread": state.spread.copy(),
+            "impact": state.impact.copy(),
+            "funding": state.funding.copy(),
+            "trades": state.trades.copy(),
+            "step_cost": np.asarray(step_cost, dtype=np.float64).copy(),
+        }
+        info: dict[str, Any] = {}
+        everyone = np.ones(self.num_envs, dtype=bool)
+        for key, arr in values.items():
+            info[key] = arr
+            info[f"_{key}"] = everyone
+        return info
+
+    def _episode_info(self, state: CoreState, done: np.ndarray) -> dict[str, np.ndarray]:
+        keys = ("return", "sharpe", "sortino", "max_drawdown", "calmar", "turnover")
+        out = {k: np.zeros(self.num_envs) for k in keys}
+        bpy = self.setup.arrays.bars_per_year
+        cash0 = self.setup.params.initial_cash
+        for i in np.flatnonzero(done):
+            metrics = episode_metrics(
+                self._equity[i, : state.steps[i] + 1],
+                bpy,
+                turnover=float(state.traded_notional[i]) / cash0,
+            )
+            for k in keys:
+                out[k][i] = metrics[k]
+        for k in keys:
+            out[f"_{k}"] = done.copy()
+        return out
