@@ -127,7 +127,7 @@ def test_flat_agent_pays_nothing_and_value_is_marked_to_market() -> None:
     env = make(random_start=False)  # costs on by default
     obs, info = env.reset(seed=0)
     for _ in range(40):
-        obs, reward, term, trunc, info = env.step(1)  # flat
+        _, reward, term, trunc, info = env.step(1)  # flat
         assert reward == 0.0 and info["step_cost"] == 0.0
     assert info["portfolio_value"] == 10_000.0
     assert info["fees"] == info["impact"] == info["funding"] == info["spread"] == 0.0

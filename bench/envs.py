@@ -1,0 +1,104 @@
+"""Steps per second of MarketTrading-v0 (single and batched) against gym-anytrading stocks-v0.
+
+Run: ``.venv/bin/python bench/envs.py [--steps 20000]``. All envs run on the same data length
+(the shipped ``btc_usd_hourly`` sample, 17,500 bars) with random actions on one process; ours
+use window 32, the default features and costs on. gym-anytrading is measured only when it is
+importable (``pip install gym-anytrading``; it is not a project dependency). Figures depend on
+the machine and its load: read them as ratios, never assert them in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from envs.data import load_sample
+from envs.market_env import MarketTradingEnv
+from envs.vector_market import MarketTradingVectorEnv
+
+WINDOW = 32
+EPISODE = 1024
+
+
+def bench_single(dataset, flatten: bool, steps: int) -> float:
+    env = MarketTradingEnv(dataset=dataset, window=WINDOW, episode_length=EPISODE, flatten=flatten)
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).integers(0, 3, size=steps)
+    start = time.perf_counter()
+    for a in actions:
+        _, _, term, trunc, _ = env.step(a)
+        if term or trunc:
+            env.reset()
+    return steps / (time.perf_counter() - start)
+
+
+def bench_vector(dataset, num_envs: int, env_steps: int) -> float:
+    venv = MarketTradingVectorEnv(
+        num_envs, dataset=dataset, window=WINDOW, episode_length=EPISODE, flatten=True
+    )
+    venv.reset(seed=0)
+    n = max(20, env_steps // num_envs)
+    actions = np.random.default_rng(0).integers(0, 3, size=(n, num_envs))
+    start = time.perf_counter()
+    for a in actions:
+        venv.step(a)
+    return n * num_envs / (time.perf_counter() - start)
+
+
+def bench_anytrading(dataset, steps: int) -> float | None:
+    try:
+        import pandas as pd
+        from gym_anytrading.envs import StocksEnv
+    except ImportError:
+        return None
+    frame = pd.DataFrame(
+        {
+            "Open": dataset.open[:, 0],
+            "High": dataset.high[:, 0],
+            "Low": dataset.low[:, 0],
+            "Close": dataset.close[:, 0],
+            "Volume": dataset.volume[:, 0],
+        }
+    )
+    env = StocksEnv(df=frame, window_size=WINDOW, frame_bound=(WINDOW, len(frame)))
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).integers(0, 2, size=steps)
+    start = time.perf_counter()
+    for a in actions:
+        _, _, term, trunc, _ = env.step(a)
+        if term or trunc:
+            env.reset()
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20_000, help="steps per single-env run")
+    args = parser.parse_args()
+    dataset = load_sample("btc_usd_hourly")
+    rows: list[tuple[str, float | None, str]] = []
+    single_dict = bench_single(dataset, flatten=False, steps=args.steps)
+    rows.append(("MarketTrading-v0 single, Dict obs", single_dict, "steps/s"))
+    single_flat = bench_single(dataset, flatten=True, steps=args.steps)
+    rows.append(("MarketTrading-v0 single, flat obs", single_flat, "steps/s"))
+    for n in (1, 64, 1024, 4096):
+        rate = bench_vector(dataset, n, env_steps=10 * args.steps)
+        rows.append((f"MarketTradingVectorEnv x{n}", rate, "env-steps/s"))
+    any_rate = bench_anytrading(dataset, args.steps)
+    rows.append(("gym-anytrading stocks-v0 (no costs)", any_rate, "steps/s"))
+
+    print(f"data: {len(dataset)} bars of {dataset.symbols[0]}, window {WINDOW}, costs on (ours)")
+    print(f"{'env':<40}{'rate':>14}  unit")
+    for name, rate, unit in rows:
+        shown = "not installed" if rate is None else f"{rate:,.0f}"
+        print(f"{name:<40}{shown:>14}  {unit}")
+    best_vec = max(rate for name, rate, _ in rows if name.startswith("MarketTradingVectorEnv"))
+    print(f"batched best / single flat: {best_vec / single_flat:.1f}x")
+    if any_rate is not None:
+        print(f"single flat / gym-anytrading: {single_flat / any_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

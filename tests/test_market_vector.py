@@ -1,0 +1,138 @@
+"""MarketTradingVectorEnv: equals N single envs (seeds seed + i), NEXT_STEP autoreset, API."""
+
+from __future__ import annotations
+
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+
+import envs  # noqa: F401  (registers the ids)
+from envs.data.dataset import MarketDataset
+from envs.errors import ConfigError
+from envs.execution import ActionError
+from envs.market_env import MarketTradingEnv
+from envs.vector_market import MarketTradingVectorEnv
+
+HOUR_NS = 3600 * 10**9
+FEATURES = ("logret_1", "logret_4", "rvol_8")
+
+
+def gbm_dataset(n_bars: int = 250, n_assets: int = 1, seed: int = 0) -> MarketDataset:
+    """Small hourly GBM OHLCV dataset, built inline so tests need no data files."""
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, (n_bars, n_assets)), axis=0))
+    open_ = np.vstack([close[:1], close[:-1]]) * np.exp(rng.normal(0, 0.002, (n_bars, n_assets)))
+    high = np.maximum(open_, close) * 1.001
+    low = np.minimum(open_, close) * 0.999
+    volume = rng.lognormal(8.0, 0.3, (n_bars, n_assets))
+    return MarketDataset(
+        timestamps=np.arange(n_bars, dtype=np.int64) * HOUR_NS,
+        symbols=tuple(f"A{i}" for i in range(n_assets)),
+        ohlcv=np.stack([open_, high, low, close, volume], axis=-1),
+        source="<gbm test>",
+    )
+
+
+CASES = [
+    dict(action_mode="discrete", reward="differential_sharpe"),
+    dict(action_mode="continuous", max_leverage=2.0, latency=2, max_drawdown=0.03),
+    dict(action_mode="weights", dataset=gbm_dataset(n_assets=3), flatten=True, reward="drawdown"),
+]
+
+
+def _sample(space: gym.Space, rng: np.random.Generator, n: int) -> np.ndarray:
+    if isinstance(space, gym.spaces.Discrete):
+        return rng.integers(0, space.n, size=n)
+    return rng.uniform(-1.2, 1.2, size=(n, *space.shape))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c["action_mode"])
+def test_vector_equals_single_envs(case: dict) -> None:
+    kwargs = dict(dataset=gbm_dataset(), features=FEATURES, window=6, episode_length=12)
+    kwargs.update(case)
+    n = 4
+    venv = MarketTradingVectorEnv(n, **kwargs)
+    singles = [MarketTradingEnv(**kwargs) for _ in range(n)]
+    vobs, _ = venv.reset(seed=100)
+    sobs = [env.reset(seed=100 + i)[0] for i, env in enumerate(singles)]
+    for i in range(n):  # reset observations agree too
+        got = vobs[i] if kwargs.get("flatten") else {k: v[i] for k, v in vobs.items()}
+        np.testing.assert_equal(got, sobs[i])
+    need_reset = [False] * n
+    rng = np.random.default_rng(0)
+    episodes = 0
+    for _ in range(60):
+        actions = _sample(venv.single_action_space, rng, n)
+        vobs, vrew, vterm, vtrunc, vinfo = venv.step(actions)
+        for i, env in enumerate(singles):
+            if need_reset[i]:
+                obs, _ = env.reset()
+                rew, term, trunc, info = 0.0, False, False, None
+                need_reset[i] = False
+            else:
+                obs, rew, term, trunc, info = env.step(actions[i])
+                need_reset[i] = term or trunc
+            got = (
+                venv.observation_builder.from_flat(vobs[i])
+                if kwargs.get("flatten")
+                else {k: v[i] for k, v in vobs.items()}
+            )
+            want = venv.observation_builder.from_flat(obs) if kwargs.get("flatten") else obs
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key])
+            assert vrew[i] == rew and vterm[i] == term and vtrunc[i] == trunc
+            if info is not None:
+                assert vinfo["portfolio_value"][i] == info["portfolio_value"]
+                assert vinfo["fees"][i] == info["fees"] and vinfo["trades"][i] == info["trades"]
+                np.testing.assert_array_equal(vinfo["position"][i], info["position"])
+            if term or trunc:
+                episodes += 1
+                assert vinfo["_episode"][i]
+                for k, v in info["episode"].items():
+                    assert vinfo["episode"][k][i] == v
+    assert episodes >= n  # the comparison crossed episode boundaries
+
+
+def test_autoreset_next_step_and_metadata() -> None:
+    venv = MarketTradingVectorEnv(
+        3, dataset=gbm_dataset(), features=FEATURES, window=6, episode_length=5, random_start=False
+    )
+    assert venv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    first, _ = venv.reset(seed=0)
+    for _ in range(5):
+        _, _, term, trunc, info = venv.step(np.array([2, 0, 1]))
+    assert trunc.all() and not term.any() and info["_episode"].all()
+    obs, rew, term, trunc, info = venv.step(np.array([2, 2, 2]))  # actions ignored: reset
+    assert np.all(rew == 0.0) and not term.any() and not trunc.any()
+    np.testing.assert_array_equal(obs["market"], first["market"])
+    np.testing.assert_array_equal(obs["portfolio"], first["portfolio"])
+    assert np.all(info["portfolio_value"] == 10_000.0) and "episode" not in info
+
+
+def test_make_vec_spaces_masks_errors_and_pickle() -> None:
+    venv = gym.make_vec(
+        "MarketTrading-v0",
+        num_envs=3,
+        vectorization_mode="vector_entry_point",
+        dataset=gbm_dataset(),
+        features=FEATURES,
+        window=6,
+        episode_length=10,
+        allow_short=False,
+    )
+    assert isinstance(venv, MarketTradingVectorEnv)
+    obs, _ = venv.reset(seed=1)
+    assert obs in venv.observation_space
+    assert venv.action_masks().shape == (3, 3) and not venv.action_masks()[:, 0].any()
+    with pytest.raises(ActionError):
+        venv.step(np.array([0, 1]))  # wrong batch size
+    with pytest.raises(ActionError):
+        venv.step(np.array([0, 1, 7]))
+    clone = pickle.loads(pickle.dumps(venv))
+    a = np.array([2, 1, 2])
+    np.testing.assert_equal(venv.step(a), clone.step(a))
+    with pytest.raises(ConfigError):
+        MarketTradingVectorEnv(0, dataset=gbm_dataset(), features=FEATURES, window=6)
