@@ -1,0 +1,218 @@
+"""Baseline policies for ``Arbitrage-v0`` and the share-of-oracle evaluation.
+
+- ``OraclePolicy``: privileged; sends the closed-form optimal trade of the block with a tip just
+  above the competitor's (known in hindsight), so it attains the per-block oracle profit up to
+  rebalancing fees (exact with ``latency=0``). An upper bound, not a deployable policy.
+- ``ThresholdPolicy``: deployable; reads the observation's opportunity table and sends the
+  closed-form optimal size when the gross profit beats the expected gas (at the current base
+  fee plus its fixed bid) by a margin.
+- ``NoopPolicy`` and ``RandomPolicy``.
+
+All policies are batched: ``policy(obs, env)`` takes a batch of observations (Dict of arrays or
+flat vectors with a leading ``N``) and the (vector) env, and returns ``N`` actions.
+:func:`evaluate_policy_share` runs any of them, or any agent with ``act(obs, deterministic)``,
+on seeded held-out episodes and reports profit captured as a share of oracle profit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from envs.arbitrage_core import GWEI
+from envs.errors import ConfigError
+from envs.vector_arbitrage import ArbitrageVectorEnv
+
+__all__ = [
+    "NoopPolicy",
+    "OraclePolicy",
+    "RandomPolicy",
+    "ThresholdPolicy",
+    "evaluate_policy_share",
+    "make_baseline",
+]
+
+
+def _blocks(obs: Any, env: Any) -> dict[str, np.ndarray]:
+    """Dict view of a batch of observations (flat vectors are split with the env's builder)."""
+    if isinstance(obs, dict):
+        return {k: np.asarray(v) for k, v in obs.items()}
+    return env.builder.from_flat(np.asarray(obs))
+
+
+def _n(obs: Any) -> int:
+    if isinstance(obs, dict):
+        return int(np.shape(next(iter(obs.values())))[0])
+    return int(np.shape(obs)[0])
+
+
+class NoopPolicy:
+    """Never trades."""
+
+    def __call__(self, obs: Any, env: Any) -> np.ndarray:
+        """Zero actions (continuous) or action 0 (discrete)."""
+        n = _n(obs)
+        if env.cfg.action_mode == "discrete":
+            return np.zeros(n, dtype=np.int64)
+        return np.zeros((n, env.cfg.n_slots + 1), dtype=np.float32)
+
+
+class RandomPolicy:
+    """Uniform random actions (respecting action masks in discrete mode).
+
+    Args:
+        seed: seed of the policy's own generator.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, obs: Any, env: Any) -> np.ndarray:
+        """One uniform action per env."""
+        n = _n(obs)
+        cfg = env.cfg
+        if cfg.action_mode == "discrete":
+            mask = env.action_masks()
+            scores = self.rng.random(mask.shape) * mask
+            return np.argmax(scores, axis=1).astype(np.int64)
+        a = self.rng.uniform(-1.0, 1.0, (n, cfg.n_slots + 1))
+        a[:, -1] = self.rng.uniform(0.0, 1.0, n)
+        return a.astype(np.float32)
+
+
+class ThresholdPolicy:
+    """Trade the closed-form optimal size when gross profit exceeds expected gas by a margin.
+
+    Per slot, it takes the better of the two directions in the observation's ``opportunity``
+    block, estimates the transaction's gas at the observed base fee plus its fixed bid, and trades
+    when ``gross > (1 + margin) * gas``. It does not model competitors: its bid is constant.
+
+    Args:
+        margin: required profit over expected gas, as a fraction of the gas (0.5 = 1.5x gas).
+        bid: fixed priority-fee bid as a fraction of ``max_priority_fee_gwei``.
+    """
+
+    def __init__(self, margin: float = 0.5, bid: float = 0.2) -> None:
+        if margin < 0 or not 0 <= bid <= 1:
+            raise ConfigError(f"ThresholdPolicy: margin >= 0 and bid in [0, 1], got "
+                              f"{margin}, {bid}")
+        self.margin = margin
+        self.bid = bid
+
+    def __call__(self, obs: Any, env: Any) -> np.ndarray:
+        """Batched threshold actions from observations only."""
+        cfg = env.cfg
+        b = _blocks(obs, env)
+        opp = b["opportunity"].astype(np.float64)  # (N, D, 3): size_frac, gross/gas, gross/tip
+        base_gwei = b["gas"][:, 0].astype(np.float64) * cfg.base_fee_ref_gwei
+        tip_gwei = self.bid * cfg.max_priority_fee_gwei
+        # gross / gas at (base + tip) = (gross / gas at base) * base / (base + tip)
+        ratio = opp[:, :, 1] * (base_gwei / (base_gwei + tip_gwei))[:, None]
+        good = (ratio > 1.0 + self.margin) & (opp[:, :, 0] > 0)
+        n = opp.shape[0]
+        if cfg.action_mode == "discrete":
+            score = np.where(good, ratio, -np.inf)
+            d = np.argmax(score, axis=1)
+            trade = np.isfinite(score[np.arange(n), d])
+            ns, nb = len(cfg.size_levels), len(cfg.bid_levels)
+            s = int(np.argmin(np.abs(np.asarray(cfg.size_levels) - 1.0)))
+            bl = int(np.argmin(np.abs(np.asarray(cfg.bid_levels) - self.bid)))
+            return np.where(trade, 1 + (d * ns + s) * nb + bl, 0).astype(np.int64)
+        act = np.zeros((n, cfg.n_slots + 1), dtype=np.float32)
+        for s in range(cfg.n_slots):
+            buy, sell = 2 * s, 2 * s + 1
+            use_buy = good[:, buy] & (~good[:, sell] | (ratio[:, buy] >= ratio[:, sell]))
+            use_sell = good[:, sell] & ~use_buy
+            act[:, s] = np.where(use_buy, opp[:, buy, 0], np.where(use_sell, -opp[:, sell, 0], 0))
+        act[:, -1] = np.where(np.any(act[:, :-1] != 0, axis=1), self.bid, 0.0)
+        return act
+
+
+class OraclePolicy:
+    """Privileged upper bound: the block's optimal trade, bidding just over the competitor."""
+
+    def __call__(self, obs: Any, env: Any) -> np.ndarray:
+        """The env's oracle actions (continuous action mode only)."""
+        if env.cfg.action_mode != "continuous":
+            raise ConfigError("OraclePolicy needs action_mode='continuous'")
+        return env.oracle_action()
+
+
+def make_baseline(name: str, **kwargs: Any) -> Any:
+    """Build a baseline by name: ``oracle``, ``threshold``, ``noop`` or ``random``."""
+    table = {
+        "oracle": OraclePolicy,
+        "threshold": ThresholdPolicy,
+        "noop": NoopPolicy,
+        "random": RandomPolicy,
+    }
+    if name not in table:
+        raise ConfigError(f"unknown baseline {name!r}; expected one of {sorted(table)}")
+    return table[name](**kwargs)
+
+
+def evaluate_policy_share(
+    policy: Any,
+    seeds: Iterable[int] = range(10_000, 10_020),
+    env_kwargs: dict[str, Any] | None = None,
+    deterministic: bool = True,
+) -> dict[str, Any]:
+    """Run one episode per seed and report profit captured as a share of oracle profit.
+
+    Episodes run side by side in an :class:`ArbitrageVectorEnv` (one sub-env per seed, seeded
+    exactly like a single ``ArbitrageEnv`` with that seed). The share of an episode is its
+    realised profit over the sum of the per-block oracle profits along the same trajectory
+    (``info["oracle_profit"]``: best trade per pool at the block's start with perfect inclusion
+    at the competitor's bid; see ``envs.arbitrage_core``).
+
+    Args:
+        policy: a baseline (``policy(obs, env)``) or an agent with ``act(obs, deterministic)``
+            accepting a batch of observations.
+        seeds: held-out episode seeds (default 10000..10019, never used for training).
+        env_kwargs: keyword arguments of the env (mode, flatten, episode_length, ...).
+        deterministic: passed to ``act`` of agents.
+
+    Returns:
+        dict with ``mean_share`` (mean of per-episode shares), ``aggregate_share`` (total profit
+        over total oracle profit), ``shares``, ``profits``, ``oracle_profits``, ``gas_spent``,
+        ``reverts`` and ``competitor_took`` per episode.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("evaluate_policy_share: need at least one seed")
+    env = ArbitrageVectorEnv(num_envs=len(seeds), **(env_kwargs or {}))
+    obs, _ = env.reset(seed=seeds)
+    done = np.zeros(len(seeds), dtype=bool)
+    summary: dict[str, np.ndarray] = {}
+    while not done.all():
+        if hasattr(policy, "act"):
+            actions = policy.act(obs, deterministic=deterministic)
+        else:
+            actions = policy(obs, env)
+        obs, _, _, truncated, infos = env.step(actions)
+        if "episode" in infos:
+            for k, v in infos["episode"].items():
+                summary.setdefault(k, np.zeros(len(seeds)))
+                summary[k] = np.where(infos["_episode"] & ~done, v, summary[k])
+        done |= truncated
+    oracle = summary["oracle_profit"]
+    profit = summary["total_profit"]
+    shares = np.where(oracle > 0, profit / np.where(oracle > 0, oracle, 1.0), 0.0)
+    return {
+        "mean_share": float(shares.mean()),
+        "aggregate_share": float(profit.sum() / oracle.sum()) if oracle.sum() > 0 else 0.0,
+        "shares": shares,
+        "profits": profit,
+        "oracle_profits": oracle,
+        "gas_spent": summary["gas_spent"],
+        "reverts": summary["reverts"],
+        "competitor_took": summary["competitor_took"],
+        "seeds": seeds,
+    }
+
+
+def gas_cost_quote(env: Any, base_gwei: float, tip_gwei: float, native_price: float) -> float:
+    """Quote cost of one successful transaction of ``env`` at the given fees (a helper)."""
+    return env.cfg.gas_units * (base_gwei + tip_gwei) * GWEI * native_price
