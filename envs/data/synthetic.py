@@ -189,13 +189,16 @@ def regime_switching(
             )
         state = int(initial_regime)
     # Sample the chain by inverse CDF: one uniform per bar, drawn up front for reproducibility.
+    # next_state[i, t] is where state i moves on uniform u[t]; the loop then only follows pointers.
     cum = np.cumsum(p, axis=1)
     cum[:, -1] = 1.0
     u = rng.random(n_bars)
-    labels = np.empty(n_bars, dtype=np.int64)
+    next_state = [np.searchsorted(cum[i], u, side="right").tolist() for i in range(k)]
+    label_list = [0] * n_bars
     for t in range(n_bars):
-        labels[t] = state
-        state = int(np.searchsorted(cum[state], u[t], side="right"))
+        label_list[t] = state
+        state = next_state[state][t]
+    labels = np.asarray(label_list, dtype=np.int64)
     mu_t = params[labels, 0][:, None]
     sigma_t = params[labels, 1][:, None]
     z = rng.standard_normal((n_bars, 1))
@@ -335,12 +338,13 @@ def ornstein_uhlenbeck(
     phi = np.exp(-theta * dt)
     step_sd = sigma * np.sqrt((1.0 - phi**2) / (2.0 * theta))
     m = np.log(mean_price)
-    z = rng.standard_normal(n_bars)
-    x = np.empty(n_bars + 1)
-    x[0] = np.log(p0)
-    for t in range(n_bars):  # AR(1) recursion; 1M bars take well under a second
-        x[t + 1] = m + (x[t] - m) * phi + step_sd * z[t]
-    log_ret = np.diff(x)[:, None]
+    shocks = (step_sd * rng.standard_normal(n_bars)).tolist()
+    dev = float(np.log(p0) - m)
+    path = [dev] * (n_bars + 1)
+    for t in range(n_bars):  # AR(1) recursion on Python floats: about 0.2 s per million bars
+        dev = dev * phi + shocks[t]
+        path[t + 1] = dev
+    log_ret = np.diff(np.asarray(path))[:, None]
     bar_vol = np.full((n_bars, 1), max(step_sd, 1e-12))
     desc = (
         f"ornstein_uhlenbeck(n_bars={n_bars}, seed={seed}, theta={theta}, "
