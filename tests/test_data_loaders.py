@@ -18,6 +18,7 @@ from envs.data import (
     load_parquet,
     load_sample,
 )
+from envs.data.samples import fix_swapped_volume
 from envs.errors import DataError
 
 HOUR_S = 3600
@@ -308,3 +309,16 @@ def test_sample_loads_and_is_clean() -> None:
     assert np.median(notional) > 1e5  # quote volume of a normal hour is ~$1M
     with pytest.raises(DataError, match="unknown sample"):
         load_sample("nope")
+
+
+def test_fix_swapped_volume_detects_rows() -> None:
+    close = np.array([100.0, 200.0, 50.0, 80.0])
+    base = np.array([2.0, 3.0, 4.0, 0.0])
+    quote = base * close * np.array([1.01, 0.99, 1.0, 1.0])
+    swapped_in = np.array([False, True, True, False])
+    raw_base = np.where(swapped_in, quote, base)
+    raw_quote = np.where(swapped_in, base, quote)
+    fixed_base, fixed_quote, swapped = fix_swapped_volume(raw_base, raw_quote, close)
+    np.testing.assert_array_equal(swapped, swapped_in)
+    np.testing.assert_array_equal(fixed_base, base)
+    np.testing.assert_array_equal(fixed_quote, quote)

@@ -1,8 +1,9 @@
 """Small real datasets shipped inside the package, so examples and tests run without downloads.
 
-``btc_usd_hourly``: the most recent 17,500 hourly BTC/USD bars (2020-03-02 to 2022-03-01) of the
-``BTC_USD-Hourly.csv`` file published in the examples of the MIT-licensed Gym-Trading-Env project
-(exchange data in the CryptoDataDownload layout). See ``envs/data/samples/README.md``.
+``btc_usd_hourly``: the most recent 17,500 hourly BTC/USD bars (2020-03-01 21:00 to 2022-03-01
+00:00 UTC) of the ``BTC_USD-Hourly.csv`` file published in the examples of the MIT-licensed
+Gym-Trading-Env project by Clement Perroud (exchange data in the CryptoDataDownload layout). See
+``envs/data/samples/README.md``.
 
 The shipped file is already clean (ascending, base-asset volume in ``volume``); ``build_btc_sample``
 is the exact recipe that produced it from the raw file, kept here so the sample can be rebuilt and
