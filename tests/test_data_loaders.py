@@ -322,3 +322,20 @@ def test_fix_swapped_volume_detects_rows() -> None:
     np.testing.assert_array_equal(swapped, swapped_in)
     np.testing.assert_array_equal(fixed_base, base)
     np.testing.assert_array_equal(fixed_quote, quote)
+
+
+def test_unnamed_index_column_is_the_time(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        EXPECTED,
+        columns=["open", "high", "low", "close", "volume"],
+        index=pd.DatetimeIndex(EXPECTED_TS, tz="UTC"),
+    )
+    frame.to_csv(tmp_path / "noname.csv")
+    _assert_bars(load_csv(tmp_path / "noname.csv"))
+
+
+def test_corrupt_gzip_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.csv.gz"
+    path.write_bytes(gzip.compress(b"timestamp,open,high,low,close,volume\n" * 50)[:40])
+    with pytest.raises(DataError, match=r"broken.csv.gz: cannot read"):
+        load_csv(path)

@@ -461,8 +461,8 @@ def _head_lines(path: Path, n: int) -> list[str]:
                 if not line:
                     break
                 lines.append(line.rstrip("\r\n"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from exc
+    except (OSError, EOFError) as exc:  # includes gzip.BadGzipFile and truncated archives
+        raise DataError(f"{path}: cannot read: {type(exc).__name__}: {exc}") from exc
     return lines
 
 
@@ -598,6 +598,9 @@ def _frame_to_dataset(
         numeric = [c for c in candidates if pd.api.types.is_numeric_dtype(frame[c])]
         if numeric or candidates:
             mapping["timestamp"] = (numeric or candidates)[0]
+        elif frame.columns[0].startswith("unnamed"):
+            # ``DataFrame.to_csv`` of a time-indexed frame whose index had no name: ",open,..."
+            mapping["timestamp"] = frame.columns[0]
     require_columns(
         [k for k in mapping if k in (*OHLCV, "timestamp")],
         ["timestamp", *OHLCV],
