@@ -202,7 +202,7 @@ def load_parquet(
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises many types; the user gets one clear message
-        raise DataError(f"{source}: cannot read as Parquet: {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"{source}: cannot read as Parquet: {type(exc).__name__}: {exc}") from None
     if isinstance(frame.index, pd.DatetimeIndex) or frame.index.name is not None:
         name = frame.index.name or "timestamp"
         frame = frame.reset_index(names=name)
@@ -441,7 +441,7 @@ def _read_csv_frame(path: Path, delimiter: str | None):
             low_memory=False,
         )
     except Exception as exc:  # ParserError, UnicodeDecodeError, EmptyDataError, ...
-        raise DataError(f"{source}: cannot parse as CSV: {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"{source}: cannot parse as CSV: {type(exc).__name__}: {exc}") from None
     frame.columns = [str(c) for c in frame.columns]
     # Trailing blank lines are common; blank lines inside the data are reported by the checks.
     while len(frame) and frame.iloc[-1].isna().all():
@@ -462,7 +462,7 @@ def _head_lines(path: Path, n: int) -> list[str]:
                     break
                 lines.append(line.rstrip("\r\n"))
     except (OSError, EOFError) as exc:  # includes gzip.BadGzipFile and truncated archives
-        raise DataError(f"{path}: cannot read: {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"{path}: cannot read: {type(exc).__name__}: {exc}") from None
     return lines
 
 

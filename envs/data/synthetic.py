@@ -416,8 +416,8 @@ def _timestamps(n_bars: int, bar_seconds: float, start: str | int) -> np.ndarray
     else:
         try:
             t0 = int(np.datetime64(str(start).rstrip("Z"), "ns").astype(np.int64))
-        except ValueError as exc:
-            raise ConfigError(f"start={start!r}; expected ISO-8601 text or int ns") from exc
+        except ValueError:
+            raise ConfigError(f"start={start!r}; expected ISO-8601 text or int ns") from None
     step = round(bar_seconds * 1e9)
     return t0 + np.arange(n_bars, dtype=np.int64) * step
 
