@@ -68,11 +68,12 @@ def format_table(rows: Mapping[str, Mapping[str, float]], columns: list[str] | N
             columns.extend(k for k in metrics if k not in columns)
     name_w = max(6, *(len(n) for n in rows))
     widths = [max(10, len(c)) for c in columns]
-    head = "policy".ljust(name_w) + "".join(f"  {c:>{w}}" for c, w in zip(columns, widths))
+    cells = "".join(f"  {c:>{w}}" for c, w in zip(columns, widths, strict=True))
+    head = "policy".ljust(name_w) + cells
     lines = [head, "-" * len(head)]
     for name, metrics in rows.items():
         cells = []
-        for c, w in zip(columns, widths):
+        for c, w in zip(columns, widths, strict=True):
             v = metrics.get(c)
             cells.append(f"  {'-':>{w}}" if v is None else f"  {v:>{w}.4g}")
         lines.append(name.ljust(name_w) + "".join(cells))

@@ -20,7 +20,7 @@ def set_seed(seed: int, deterministic_torch: bool = False) -> None:
         deterministic_torch: also ask torch for deterministic kernels (slower on GPU).
     """
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002  (libraries such as SB3 draw from it)
     torch.manual_seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     if deterministic_torch:

@@ -55,7 +55,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Check the run-level fields before anything is built; raise ``ConfigError`` naming the field."""
+    """Check run-level fields before anything is built; ``ConfigError`` names the field."""
     for field in ("total_timesteps", "eval_episodes", "test_episodes"):
         value = cfg.get(field)
         if not isinstance(value, int) or value < 1:

@@ -1,0 +1,95 @@
+"""Build and load agents from the ``agent`` config group.
+
+An agent config names a ``kind`` (``sac``, ``qlearning``, ``sb3``) and its hyperparameters under
+``params``; SB3 configs add ``algo`` and ``policy_kwargs``. The run's ``seed`` and ``device`` are
+filled in here, so one config file serves every seed and machine. Imports are lazy so that asking
+for one agent never imports the others' dependencies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+from omegaconf import DictConfig, OmegaConf
+
+from agents.base import Agent, Learner
+from envs.errors import ConfigError
+
+AGENT_KINDS = ("sac", "qlearning", "sb3")
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    if node is None:
+        return {}
+    if isinstance(node, DictConfig):
+        return dict(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
+    return dict(node)
+
+
+def _kind(agent_cfg: Mapping[str, Any]) -> str:
+    kind = agent_cfg.get("kind")
+    if kind not in AGENT_KINDS:
+        raise ConfigError(f"agent.kind: expected one of {list(AGENT_KINDS)}, got {kind!r}")
+    return str(kind)
+
+
+def build_agent(
+    agent_cfg: Mapping[str, Any],
+    env: gym.Env,
+    device: str = "auto",
+    seed: int = 0,
+    run_dir: str | Path | None = None,
+) -> Learner:
+    """Create a fresh learner for ``env``'s spaces from an agent config node.
+
+    Args:
+        agent_cfg: the ``agent`` config node (``name``, ``kind``, ``params`` ...).
+        env: the training env (its spaces decide the networks' shapes).
+        device: torch device string or ``"auto"``.
+        seed: the run's seed, given to the agent's own generators.
+        run_dir: the run directory (SB3 writes its TensorBoard files below it).
+
+    Raises:
+        ConfigError: unknown kind or field, bad value, or an action space the agent cannot handle.
+    """
+    kind = _kind(agent_cfg)
+    params = _plain(agent_cfg.get("params"))
+    params.update(seed=seed, device=device)
+    if kind == "sac":
+        from agents.sac import SAC, SACConfig
+
+        return SAC(env.observation_space, env.action_space, SACConfig.from_dict(params))
+    if kind == "qlearning":
+        from agents.qlearning import QLearningAgent, QLearningConfig
+
+        return QLearningAgent(
+            env.observation_space, env.action_space, QLearningConfig.from_dict(params)
+        )
+    from agents.sb3_adapter import SB3Agent
+
+    return SB3Agent(
+        algo=str(agent_cfg.get("algo")),
+        env=env,
+        algo_kwargs=params,
+        policy_kwargs=_plain(agent_cfg.get("policy_kwargs")),
+        tensorboard_dir=None if run_dir is None else str(Path(run_dir) / "tb"),
+    )
+
+
+def load_agent(agent_cfg: Mapping[str, Any], path: str | Path, device: str = "auto") -> Agent:
+    """Load a policy saved by ``Agent.save`` with the class the agent config names."""
+    kind = _kind(agent_cfg)
+    if kind == "sac":
+        from agents.sac import SAC
+
+        return SAC.load(path, device=device)
+    if kind == "qlearning":
+        from agents.qlearning import QLearningAgent
+
+        return QLearningAgent.load(path, device=device)
+    from agents.sb3_adapter import SB3Agent
+
+    return SB3Agent.load(path, device=device)
