@@ -394,27 +394,27 @@ class SB3Agent(Learner):
         )
 
     def _build_model(self) -> Any:
-        """Build the SB3 model without an env, the way SB3's own ``load`` does."""
-        model = self.algorithm_class(
-            policy=self.policy_name,
-            env=None,
-            policy_kwargs=_resolve_policy_kwargs(self.policy_kwargs),
-            seed=self.seed,
-            device=self.device,
-            verbose=self.verbose,
-            _init_setup_model=False,
-            **_resolve_algo_kwargs(self.algo_kwargs, self.action_space),
-        )
-        model.observation_space = self.observation_space
-        model.action_space = self.action_space
-        model.n_envs = 1
-        supported = getattr(model, "supported_action_spaces", None)
-        if supported is not None and not isinstance(self.action_space, supported):
-            raise ConfigError(
-                f"SB3Agent: {self.algo} does not support action space {self.action_space}"
+        """Build the SB3 model on a spaces-only placeholder env (``learn`` attaches the real one).
+
+        Building through SB3's normal constructor (rather than ``_init_setup_model=False``) keeps
+        SB3's own checks and setup, e.g. SAC's ``target_entropy="auto"`` reads the env's action
+        space. The placeholder is never reset or stepped.
+        """
+        placeholder = _SpacesOnlyEnv(self.observation_space, self.action_space)
+        try:
+            return self.algorithm_class(
+                policy=self.policy_name,
+                env=placeholder,
+                policy_kwargs=_resolve_policy_kwargs(self.policy_kwargs),
+                seed=self.seed,
+                device=self.device,
+                verbose=self.verbose,
+                **_resolve_algo_kwargs(self.algo_kwargs, self.action_space),
             )
-        model._setup_model()
-        return model
+        except AssertionError as exc:  # SB3 asserts on unsupported spaces
+            raise ConfigError(f"SB3Agent: {self.algo} does not support this env: {exc}") from exc
+        except TypeError as exc:  # an unknown keyword argument
+            raise ConfigError(f"SB3Agent: {self.algo} rejected its arguments: {exc}") from exc
 
     @property  # type: ignore[override]
     def num_timesteps(self) -> int:
@@ -655,6 +655,20 @@ class SB3Agent(Learner):
             _buffer_from_plain(model, state["replay_buffer"], path)
         self._attached_env = None  # the next learn attaches and resets the env
         self._recurrent_state = None
+
+
+class _SpacesOnlyEnv(gym.Env):
+    """Carries the spaces SB3 needs to build a model; training always uses the real env."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space) -> None:
+        self.observation_space = observation_space
+        self.action_space = action_space
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[Any, dict]:
+        raise RuntimeError("SB3Agent: the placeholder env cannot run; pass an env to learn()")
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        raise RuntimeError("SB3Agent: the placeholder env cannot run; pass an env to learn()")
 
 
 # ------------------------------------------------------------------ checkpoint helper functions
