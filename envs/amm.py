@@ -137,7 +137,9 @@ def optimal_buy_x(
     g = 1.0 - _f(fee)
     dy = np.maximum((np.sqrt(p * x * g * y) - y) / g, 0.0)
     dx = amount_out(dy, y, x, fee)
-    return dy, dx, np.maximum(p * dx - dy, 0.0)
+    profit = p * dx - dy
+    ok = profit > 0  # rounding dust at a zero gap is not an opportunity
+    return np.where(ok, dy, 0.0), np.where(ok, dx, 0.0), np.where(ok, profit, 0.0)
 
 
 def optimal_sell_x(
@@ -155,7 +157,9 @@ def optimal_sell_x(
     g = 1.0 - _f(fee)
     dx = np.maximum((np.sqrt(x * y * g / p) - x) / g, 0.0)
     dy = amount_out(dx, x, y, fee)
-    return dx, dy, np.maximum(dy - p * dx, 0.0)
+    profit = dy - p * dx
+    ok = profit > 0
+    return np.where(ok, dx, 0.0), np.where(ok, dy, 0.0), np.where(ok, profit, 0.0)
 
 
 def two_pool_profit(
@@ -198,5 +202,6 @@ def optimal_two_pool(
     e_out = gb * xa * yb / denom
     dy = np.maximum((np.sqrt(e_in * e_out * ga) - e_in) / ga, 0.0)
     dx = amount_out(dy, ya, xa, fee_buy)
-    dy_back = amount_out(dx, xb, yb, fee_sell)
-    return dy, dx, np.maximum(dy_back - dy, 0.0)
+    profit = amount_out(dx, xb, yb, fee_sell) - dy
+    ok = profit > 0
+    return np.where(ok, dy, 0.0), np.where(ok, dx, 0.0), np.where(ok, profit, 0.0)

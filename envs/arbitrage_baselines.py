@@ -105,7 +105,8 @@ class ThresholdPolicy:
         """Batched threshold actions from observations only."""
         cfg = env.cfg
         b = _blocks(obs, env)
-        opp = b["opportunity"].astype(np.float64)  # (N, D, 3): size_frac, gross/gas, gross/tip
+        # (N, D, 3): size_frac, gross / base-fee gas cost, gross / max-tip gas cost
+        opp = b["opportunity"].astype(np.float64).reshape(-1, cfg.n_directions, 3)
         base_gwei = b["gas"][:, 0].astype(np.float64) * cfg.base_fee_ref_gwei
         tip_gwei = self.bid * cfg.max_priority_fee_gwei
         # gross / gas at (base + tip) = (gross / gas at base) * base / (base + tip)

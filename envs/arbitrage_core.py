@@ -682,7 +682,9 @@ def _exec_agent_pair(cfg, st, size, lim_in, lim_out, mask, p_mid, gas_ok, gas_re
 
 def _oracle(cfg, opp_free, x, y, bal, bid, ask, base, native, comp_present, comp_bid):
     """Per-pool best net profit with perfect inclusion at the lowest winning tip, summed."""
-    min_size = cfg.dead_zone * cfg.max_trade_size
+    # Same action set as the agent: continuous sizes below the dead zone are not sendable;
+    # discrete levels may be smaller, so there the oracle may use any size.
+    min_size = cfg.dead_zone * cfg.max_trade_size if cfg.action_mode == "continuous" else 0.0
     tip = np.where(comp_present, comp_bid, 0.0)  # (N, S)
     gas_per_gwei = cfg.gas_units * GWEI * native
     total = np.zeros(x.shape[0])
@@ -716,7 +718,7 @@ def core_oracle_action(
     Uses the competitor's bid of the coming block (hindsight) and bids just above it.
     """
     n = np.arange(state.t.shape[0])
-    row = state.row0 + state.t + cfg.latency
+    row = state.row0 + state.t
     row = np.minimum(row, scen.ref_price.shape[1] - 1)
     p = scen.ref_price[n, row]
     bid, ask = _cex_prices(cfg, p, scen.spread[n, row])
@@ -799,7 +801,7 @@ def core_step(
     ex_lim2 = state.q_lim2[n, r]
     ex_tip = np.where(due[:, 0], state.q_tip[n, r], 0.0)
 
-    row = state.row0 + state.t + cfg.latency
+    row = state.row0 + state.t
     p = scen.ref_price[n, row]
     bid, ask = _cex_prices(cfg, p, scen.spread[n, row])
     base = scen.base_fee[n, row]
@@ -1020,12 +1022,12 @@ def observation_blocks(
         axis=1,
     )
     blocks = {
-        "pools": pools,
+        "pools": pools.reshape(nn, -1),
         "reference": reference,
         "gas": gas,
         "gas_history": gas_hist,
         "competition": competition,
-        "opportunity": opportunity,
+        "opportunity": opportunity.reshape(nn, -1),
         "inventory": inventory,
     }
     for name, arr in scen.predictors.items():

@@ -57,15 +57,26 @@ def make_observation_builder(
     cfg: core.ArbConfig, predictor_shapes: dict[str, tuple[int, ...]], flatten: bool
 ) -> ObservationBuilder:
     """The observation layout of ``Arbitrage-v0`` (shared by the single and the vector env)."""
-    k, d = cfg.n_pools, cfg.n_directions
+    k = cfg.n_pools
+    pool_cols = ("gap_pct", "log_depth_ratio", "fee_pct")
+    opp_cols = ("size_frac", "gross_per_gas", "gross_per_tip")
+    if cfg.mode == "cex_dex":
+        directions = [f"pool{s}_{side}" for s in range(k) for side in ("buy", "sell")]
+    else:
+        directions = ["buy0_sell1", "buy1_sell0"]
     blocks = [
-        BlockSpec("pools", (k, 3), feature_names=("gap_pct", "log_depth_ratio", "fee_pct")),
+        BlockSpec(
+            "pools", (k * 3,), feature_names=tuple(f"pool{i}_{c}" for i in range(k)
+                                                   for c in pool_cols)
+        ),
         BlockSpec("reference", (3,), feature_names=("ret_bps", "vol_bps", "spread_bps")),
         BlockSpec("gas", (3,), feature_names=("base_fee", "base_fee_mean", "last_utilization")),
         BlockSpec("gas_history", (cfg.gas_window,), 0.0, np.inf),
         BlockSpec("competition", (3,), feature_names=("last_tip", "last_took", "rate")),
         BlockSpec(
-            "opportunity", (d, 3), feature_names=("size_frac", "gross_per_gas", "gross_per_tip")
+            "opportunity",
+            (len(directions) * 3,),
+            feature_names=tuple(f"{d}_{c}" for d in directions for c in opp_cols),
         ),
         BlockSpec(
             "inventory",
@@ -113,7 +124,7 @@ class ScenarioSource:
             if len(scenario) < length:
                 raise ConfigError(
                     f"Arbitrage-v0: scenario has {len(scenario)} rows, an episode needs "
-                    f"{length} (episode_length + gas_window + latency + 1)"
+                    f"{length} (episode_length + gas_window + 1)"
                 )
         if dataset is not None:
             self.reference = reference_from_dataset(dataset, dataset_symbol)
@@ -203,13 +214,13 @@ class ArbitrageEnv(gym.Env):
 
     A Dict (or, with ``flatten=True``, one Box vector; names in ``flat_feature_names``) built
     with ``envs.observation.ObservationBuilder``:
-    ``pools (K,3)``: gap of the pool price to the CEX mid in %, log depth vs initial, fee in %;
+    ``pools (3K,)``: per pool the gap of the pool price to the CEX mid in %, log depth vs initial, fee in %;
     ``reference (3,)``: last log return, EWMA volatility and spread, in bps;
     ``gas (3,)``: this block's base fee and its recent mean (in units of 20 gwei) and the last
     block's fullness; ``gas_history (W,)``: the last ``gas_window`` base fees;
     ``competition (3,)``: the highest competitor tip of the last block (fraction of the max tip),
     whether a competitor executed, and the EWMA rate of competitor presence;
-    ``opportunity (2S,3)``: per direction the closed-form optimal size within the constraints as a
+    ``opportunity (6S,)``: per direction the closed-form optimal size within the constraints as a
     fraction of ``max_trade_size`` and its gross profit in units of the base-fee gas cost and of
     the max-tip gas cost; ``inventory (6,)``: CEX base, CEX quote, DEX base, DEX quote and the
     amounts in transit, over the initial totals; plus one block per ``predictor_blocks`` entry.
@@ -284,7 +295,7 @@ class ArbitrageEnv(gym.Env):
         self.cfg = build_config(mode, **config)
         self.episode_length = int(episode_length)
         self.render_mode = render_mode
-        self.scenario_rows = self.cfg.gas_window + self.episode_length + self.cfg.latency + 1
+        self.scenario_rows = self.cfg.gas_window + self.episode_length + 1
         self.source = ScenarioSource(
             self.cfg, self.scenario_rows, scenario, scenario_params, dataset, dataset_symbol,
             predictor_blocks,

@@ -168,6 +168,9 @@ class DefiScenario:
             raise DataError(f"DefiScenario.ref_price: expected shape (T,) with T >= 2, got "
                             f"{np.shape(self.ref_price)}")
         k = np.shape(self.noise_flow)[1] if np.ndim(self.noise_flow) == 2 else -1
+        if k < 1:
+            raise DataError(f"DefiScenario.noise_flow: expected shape (T, K) with K >= 1 pools, "
+                            f"got {np.shape(self.noise_flow)}")
         want = {
             "ref_price": (n,),
             "spread": (n,),
@@ -182,7 +185,7 @@ class DefiScenario:
         }
         for name, shape in want.items():
             arr = np.ascontiguousarray(getattr(self, name), dtype=np.float64)
-            if arr.shape != shape or k < 1:
+            if arr.shape != shape:
                 raise DataError(f"DefiScenario.{name}: expected shape {shape}, got {arr.shape}")
             if not np.all(np.isfinite(arr)):
                 row = int(np.argwhere(~np.isfinite(arr))[0][0])

@@ -1,0 +1,299 @@
+"""Arbitrage-v0: API conformance, seeding, pickling, no look-ahead, accounting invariants."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers the ids)
+from envs.arbitrage_baselines import ThresholdPolicy
+from envs.arbitrage_env import ArbitrageEnv
+from envs.data.defi import DefiScenario, generate_scenario
+from envs.errors import ConfigError, DataError
+
+SHORT = {"episode_length": 60}
+
+
+def _batch(obs):
+    if isinstance(obs, dict):
+        return {k: v[None] for k, v in obs.items()}
+    return obs[None]
+
+
+def _run(env, actions_fn, steps, seed):
+    obs, _ = env.reset(seed=seed)
+    out = [obs]
+    rewards, infos = [], []
+    for _ in range(steps):
+        obs, r, term, trunc, info = env.step(actions_fn(obs))
+        out.append(obs)
+        rewards.append(r)
+        infos.append(info)
+        if term or trunc:
+            break
+    return out, rewards, infos
+
+
+def _equal_obs(a, b):
+    if isinstance(a, dict):
+        return all(np.array_equal(a[k], b[k]) for k in a)
+    return np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["cex_dex", "dex_dex"])
+@pytest.mark.parametrize("action_mode", ["continuous", "discrete"])
+@pytest.mark.parametrize("flatten", [False, True])
+def test_check_env(mode, action_mode, flatten):
+    env = ArbitrageEnv(mode=mode, action_mode=action_mode, flatten=flatten, **SHORT)
+    check_env(env, skip_render_check=True)
+
+
+def test_gym_make_default_and_render():
+    env = gym.make("Arbitrage-v0", render_mode="ansi")
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert env.action_space.shape == (2,)
+    obs, r, term, trunc, info = env.step(env.action_space.sample())
+    assert isinstance(env.render(), str)
+    for key in ("profit", "gas_spent", "fees_paid", "reverted", "competitor_took",
+                "oracle_profit", "inventory", "cum_profit", "cum_oracle_profit"):
+        assert key in info
+    assert env.unwrapped.episode_length == 1000
+
+
+def test_flat_names_match_layout():
+    env = ArbitrageEnv(flatten=True, **SHORT)
+    obs, _ = env.reset(seed=0)
+    names = env.flat_feature_names
+    assert len(names) == obs.shape[0]
+    assert "opportunity[pool0_buy_gross_per_gas]" in names
+
+
+@pytest.mark.parametrize("mode", ["cex_dex", "dex_dex"])
+def test_seeding_reproduces_trajectories(mode):
+    def actions(seed):
+        rng = np.random.default_rng(seed)
+        return lambda obs: rng.uniform([-0.5, 0.0], [0.5, 1.0]).astype(np.float32)
+
+    env = ArbitrageEnv(mode=mode, **SHORT)
+    o1, r1, _ = _run(env, actions(1), 60, seed=7)
+    o2, r2, _ = _run(env, actions(1), 60, seed=7)
+    o3, r3, _ = _run(env, actions(1), 60, seed=8)
+    assert all(_equal_obs(a, b) for a, b in zip(o1, o2, strict=True))
+    assert r1 == r2
+    assert not all(_equal_obs(a, b) for a, b in zip(o1, o3, strict=True))
+
+
+def test_pickle_mid_episode_continues_identically():
+    env = ArbitrageEnv(**SHORT)
+    env.reset(seed=3)
+    pol = ThresholdPolicy(margin=0.0, bid=0.4)
+    obs = None
+    for _ in range(20):
+        obs, *_ = env.step(np.array([0.2, 0.3], np.float32))
+    clone = pickle.loads(pickle.dumps(env))
+    for _ in range(30):
+        a = pol(_batch(obs), env)[0]
+        o1, r1, _, t1, i1 = env.step(a)
+        o2, r2, _, t2, i2 = clone.step(a)
+        assert _equal_obs(o1, o2) and r1 == r2 and t1 == t2
+        obs = o1
+
+
+@pytest.mark.parametrize("latency", [0, 2])
+def test_no_look_ahead(latency):
+    env = ArbitrageEnv(latency=latency, **SHORT)
+    rows = env.scenario_rows
+    base = generate_scenario(np.random.default_rng(11), rows, 1)
+    t0 = 25
+    cut = env.cfg.gas_window + t0  # scenario row of the observation at step t0
+    rng = np.random.default_rng(99)
+    changed = {}
+    for name, arr in base.__dict__.items():
+        a = arr.copy()
+        if name in ("ref_price", "base_fee", "native_price"):
+            a[cut + 1 :] *= rng.uniform(0.5, 1.5, a[cut + 1 :].shape)
+        elif name == "comp_u":
+            a[cut + 1 :] = rng.random(a[cut + 1 :].shape)
+        elif name in ("spread", "utilization"):
+            a[cut + 1 :] = rng.uniform(0, 0.01 if name == "spread" else 1, a[cut + 1 :].shape)
+        else:
+            a[cut + 1 :] = rng.uniform(-0.05, 0.05, a[cut + 1 :].shape)
+        changed[name] = a
+    other = DefiScenario(**changed)
+    pol = ThresholdPolicy(margin=0.0, bid=0.4)
+
+    def run(scen):
+        e = ArbitrageEnv(scenario=scen, latency=latency, **SHORT)
+        obs, _ = e.reset(seed=0)
+        seq = [obs]
+        for _ in range(t0):
+            obs, *_ = e.step(pol(_batch(obs), e)[0])
+            seq.append(obs)
+        return seq
+
+    a, b = run(base), run(other)
+    assert len(a) == t0 + 1
+    for x, y in zip(a, b, strict=True):
+        assert _equal_obs(x, y)
+    # Sanity: the perturbation is visible one step later.
+    e1 = ArbitrageEnv(scenario=base, latency=latency, **SHORT)
+    e2 = ArbitrageEnv(scenario=other, latency=latency, **SHORT)
+    e1.reset(seed=0)
+    e2.reset(seed=0)
+    for _ in range(t0 + 1):
+        o1, *_ = e1.step(np.zeros(2, np.float32))
+        o2, *_ = e2.step(np.zeros(2, np.float32))
+    assert not _equal_obs(o1, o2)
+
+
+@pytest.mark.parametrize("mode", ["cex_dex", "dex_dex"])
+def test_inventory_never_negative_under_random_trading(mode):
+    env = ArbitrageEnv(
+        mode=mode,
+        episode_length=400,
+        initial_balances=(3.0, 5_000.0, 2.0, 4_000.0),
+        rebalance_delay=5,
+    )
+    env.reset(seed=5)
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        a = np.array([rng.uniform(-1, 1), rng.uniform(0, 1)], np.float32)
+        _, _, _, trunc, info = env.step(a)
+        assert np.all(info["inventory"] >= -1e-9), info["inventory"]
+        assert np.all(info["in_transit"] >= -1e-9)
+        assert np.all(env.state.x > 0) and np.all(env.state.y > 0)
+        if trunc:
+            break
+
+
+def test_reverts_cost_gas_and_move_nothing():
+    # Competitors show up for every opportunity and the agent bids nothing: it loses the
+    # auction, its transaction hits the slippage limit after the competitor's trade, and reverts.
+    env = ArbitrageEnv(competitor_scale=1e-9, episode_length=400)
+    obs, _ = env.reset(seed=2)
+    pol = ThresholdPolicy(margin=0.0, bid=0.0)
+    seen = 0
+    for _ in range(400):
+        a = pol(_batch(obs), env)[0]
+        shadow = copy.deepcopy(env)
+        obs, r, _, trunc, info = env.step(a)
+        shadow.step(np.zeros(2, np.float32))
+        if info["reverted"] > 0:
+            seen += 1
+            s, t = env.state, shadow.state
+            np.testing.assert_array_equal(s.x, t.x)
+            np.testing.assert_array_equal(s.y, t.y)
+            assert info["gas_spent"] > 0
+            diff = t.bal[0] - s.bal[0]
+            np.testing.assert_allclose(diff[:3], 0.0, atol=1e-9)
+            assert diff[3] == pytest.approx(info["gas_spent"], abs=1e-8)
+            assert r == pytest.approx(-info["gas_spent"], rel=1e-12)
+        if trunc:
+            break
+    assert seen >= 3
+
+
+def test_step_profit_never_exceeds_oracle():
+    for action_mode, pol in (("continuous", ThresholdPolicy(0.0, 0.5)),
+                             ("discrete", ThresholdPolicy(0.0, 0.3))):
+        env = ArbitrageEnv(action_mode=action_mode, episode_length=300)
+        obs, _ = env.reset(seed=4)
+        rng = np.random.default_rng(1)
+        for i in range(300):
+            a = pol(_batch(obs), env)[0] if i % 2 else env.action_space.sample()
+            if action_mode == "continuous" and i % 2 == 0:
+                a = np.array([rng.uniform(-0.3, 0.3), rng.uniform(0, 1)], np.float32)
+            obs, _, _, trunc, info = env.step(a)
+            assert info["profit"] <= info["oracle_profit"] + 1e-6
+            if trunc:
+                break
+
+
+def test_episode_summary_and_share():
+    env = ArbitrageEnv(episode_length=80)
+    env.reset(seed=0)
+    info = {}
+    for _ in range(80):
+        _, _, _, trunc, info = env.step(env.oracle_action())
+    assert trunc
+    ep = info["episode"]
+    assert ep["total_profit"] == pytest.approx(info["cum_profit"])
+    if ep["oracle_profit"] > 0:
+        assert ep["share_of_oracle"] == pytest.approx(ep["total_profit"] / ep["oracle_profit"])
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(np.zeros(2, np.float32))
+
+
+def test_oracle_policy_attains_oracle_profit_dex_dex():
+    env = ArbitrageEnv(mode="dex_dex", episode_length=300)
+    env.reset(seed=1)
+    for _ in range(300):
+        _, _, _, trunc, info = env.step(env.oracle_action())
+    ep = info["episode"]
+    assert ep["oracle_profit"] > 0
+    assert ep["share_of_oracle"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_action_masks_block_unfunded_directions():
+    env = ArbitrageEnv(action_mode="discrete", initial_balances=(0.0, 1e5, 0.0, 1e5), **SHORT)
+    env.reset(seed=0)
+    mask = env.action_masks()
+    assert mask.shape == (env.cfg.n_discrete_actions,) and mask[0]
+    per = len(env.cfg.size_levels) * len(env.cfg.bid_levels)
+    # Direction 0 sells base on the CEX and direction 1 sells base into the pool: no base held.
+    assert not mask[1:].any()
+    assert per * 2 + 1 == mask.size
+    with pytest.raises(ConfigError):
+        ArbitrageEnv(**SHORT).action_masks()
+
+
+def test_latency_delays_inclusion():
+    env = ArbitrageEnv(latency=2, competitor_scale=1e9, episode_length=50)
+    env.reset(seed=0)
+    traded_at = []
+    for t in range(6):
+        a = np.array([0.2 if t == 0 else 0.0, 0.0], np.float32)
+        _, _, _, _, info = env.step(a)
+        if info["traded"] or info["reverted"]:
+            traded_at.append(t)
+    assert traded_at == [2]
+
+
+def test_predictor_blocks_are_aligned():
+    env0 = ArbitrageEnv(**SHORT)
+    rows = env0.scenario_rows + 40
+    scen = generate_scenario(np.random.default_rng(0), rows, 1)
+    pred = np.arange(rows, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+    env = ArbitrageEnv(scenario=scen, predictor_blocks={"gas_forecast": pred}, **SHORT)
+    obs, _ = env.reset(seed=0)
+    start = int(obs["gas_forecast"][0]) - env.cfg.gas_window
+    for t in range(1, 5):
+        obs, *_ = env.step(np.zeros(2, np.float32))
+        assert obs["gas_forecast"][0] == start + env.cfg.gas_window + t
+    with pytest.raises(DataError, match="gas_forecast"):
+        ArbitrageEnv(scenario=scen, predictor_blocks={"gas_forecast": pred[:-1]}, **SHORT)
+    with pytest.raises(ConfigError, match="scenario"):
+        ArbitrageEnv(predictor_blocks={"gas_forecast": pred}, **SHORT)
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ConfigError, match="mode"):
+        ArbitrageEnv(mode="cex_cex")
+    with pytest.raises(ConfigError, match="dex_dex"):
+        ArbitrageEnv(mode="dex_dex", pool_fees=(0.003,), pool_tvl=(1e6,))
+    with pytest.raises(ConfigError, match="unknown"):
+        ArbitrageEnv(max_trade=3)
+    with pytest.raises(ConfigError, match="pool_fees"):
+        ArbitrageEnv(pool_fees=(1.5,))
+    with pytest.raises(ConfigError, match="initial_balances"):
+        ArbitrageEnv(initial_balances=(1.0, -1.0, 0.0, 0.0))
+    env = ArbitrageEnv(**SHORT)
+    env.reset(seed=0)
+    with pytest.raises(ConfigError, match="action"):
+        env.step(np.array([0.1, 0.2, 0.3], np.float32))
