@@ -10,13 +10,20 @@ the machine and its load: read them as ratios, never assert them in tests.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from envs.data import load_sample
-from envs.market_env import MarketTradingEnv
-from envs.vector_market import MarketTradingVectorEnv
+# This script is named envs.py (as issue 3 asks); run as ``python bench/envs.py`` its own folder
+# comes first on sys.path and would shadow the ``envs`` package, so drop that folder.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from envs.data import load_sample  # noqa: E402
+from envs.market_env import MarketTradingEnv  # noqa: E402
+from envs.vector_market import MarketTradingVectorEnv  # noqa: E402
 
 WINDOW = 32
 EPISODE = 1024
