@@ -163,7 +163,7 @@ def _resolve_policy_kwargs(plain: Mapping[str, Any]) -> dict[str, Any]:
 def _plain_algo_kwargs(algo_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
     plain: dict[str, Any] = {}
     for key, value in dict(algo_kwargs or {}).items():
-        if key in ("policy", "env", "policy_kwargs", "seed", "device", "tensorboard_log"):
+        if key in ("policy", "env", "policy_kwargs", "tensorboard_log"):
             raise ConfigError(f"algo_kwargs.{key}: set it through SB3Agent's own argument")
         value = _to_plain(value)
         if not _is_plain(value):
@@ -302,7 +302,8 @@ class SB3Agent(Learner):
             otherwise.
         policy_kwargs: SB3 ``policy_kwargs`` as plain data (class names as strings).
         algo_kwargs: the algorithm's keyword arguments as plain data (``learning_rate``,
-            ``n_steps``, ``buffer_size`` ...).
+            ``n_steps``, ``buffer_size`` ...); ``seed`` and ``device`` found here override the
+            arguments below (so a config's ``params`` block can carry them).
         seed: seeds SB3 (Python, NumPy, torch, action space) and, at the first ``learn``, the env.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         tensorboard_dir: directory for SB3's TensorBoard event files (None: no TB files).
@@ -356,9 +357,14 @@ class SB3Agent(Learner):
         self.observation_space = observation_space
         self.action_space = action_space
         self.policy_name = self._pick_policy(policy, observation_space)
+        algo_kwargs = dict(algo_kwargs or {})
+        # A config's params block may carry the run's seed and device (agents/registry.py fills
+        # them in); they are SB3Agent arguments, not algorithm kwargs, and take precedence.
+        seed = int(algo_kwargs.pop("seed", seed))
+        device = str(algo_kwargs.pop("device", device))
         self.policy_kwargs = _plain_policy_kwargs(policy_kwargs)
         self.algo_kwargs = _plain_algo_kwargs(algo_kwargs)
-        self.seed = int(seed)
+        self.seed = seed
         self.device = get_device(device)
         self.tensorboard_dir = None if tensorboard_dir is None else Path(tensorboard_dir)
         self.log_interval = int(log_interval)

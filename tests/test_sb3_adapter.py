@@ -277,6 +277,10 @@ def test_bad_configs_and_unsafe_files_are_refused(tmp_path: Path) -> None:
         SB3Agent("DQN", env=gym.make("Pendulum-v1"))
     with pytest.raises(ConfigError, match="ignores masks"):
         SB3Agent("PPO", env=env).act(cartpole_obs(1), action_masks=[[True, True]])
+    # The run's seed and device may arrive inside a config's params block.
+    from_config = SB3Agent("PPO", env=env, algo_kwargs={**PPO_KW, "seed": 3, "device": "cpu"})
+    assert from_config.seed == 3 and from_config.device == torch.device("cpu")
+    assert from_config.algo_kwargs == PPO_KW
     # Classes from the allowed namespaces are stored by name.
     agent = SB3Agent("A2C", env=env, policy_kwargs={"activation_fn": torch.nn.ReLU})
     assert agent.policy_kwargs == {"activation_fn": "ReLU"}
