@@ -1,0 +1,83 @@
+"""Baselines and the share-of-oracle evaluation on short held-out episodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from envs.arbitrage_baselines import (
+    NoopPolicy,
+    OraclePolicy,
+    RandomPolicy,
+    ThresholdPolicy,
+    evaluate_policy_share,
+    make_baseline,
+)
+from envs.errors import ConfigError
+
+KW = {"episode_length": 300}
+SEEDS = range(10_000, 10_004)
+
+
+@pytest.fixture(scope="module")
+def results():
+    return {
+        name: evaluate_policy_share(make_baseline(name), seeds=SEEDS, env_kwargs=KW)
+        for name in ("oracle", "threshold", "noop", "random")
+    }
+
+
+def test_oracle_is_an_upper_bound_and_nearly_attained(results):
+    oracle = results["oracle"]
+    assert np.all(oracle["oracle_profits"] > 0)
+    # Only rebalancing fees separate the oracle policy from the per-block oracle profit.
+    assert 0.85 <= oracle["mean_share"] <= 1.0 + 1e-9
+    for name in ("threshold", "noop", "random"):
+        assert results[name]["mean_share"] < oracle["mean_share"]
+        assert np.all(results[name]["shares"] <= 1.0 + 1e-9)
+
+
+def test_noop_and_random(results):
+    assert results["noop"]["mean_share"] == 0.0
+    assert np.all(results["noop"]["profits"] == 0.0)
+    assert results["noop"]["competitor_took"].sum() > 0
+    assert results["random"]["mean_share"] < 0  # random trading against an AMM loses money
+
+
+def test_threshold_earns_something(results):
+    assert results["threshold"]["profits"].sum() > 0
+    assert results["threshold"]["mean_share"] > results["noop"]["mean_share"]
+
+
+def test_flat_observations_and_agent_interface():
+    class FlatAgent:
+        """Anything with act(obs, deterministic) works, e.g. an agents.base.Agent."""
+
+        def __init__(self):
+            self.inner = ThresholdPolicy()
+            self.env = None
+
+        def act(self, obs, deterministic=True):
+            assert obs.ndim == 2  # a batch of flat vectors
+            return np.zeros((obs.shape[0], 2), np.float32)
+
+    r = evaluate_policy_share(FlatAgent(), seeds=[1, 2], env_kwargs={**KW, "flatten": True})
+    assert r["mean_share"] == 0.0 and len(r["shares"]) == 2
+    r = evaluate_policy_share(ThresholdPolicy(), seeds=[1], env_kwargs={**KW, "flatten": True})
+    assert np.isfinite(r["mean_share"])
+
+
+def test_discrete_baselines_and_errors():
+    kw = {**KW, "action_mode": "discrete"}
+    r = evaluate_policy_share(ThresholdPolicy(0.0, 0.3), seeds=[5], env_kwargs=kw)
+    assert np.isfinite(r["mean_share"])
+    r = evaluate_policy_share(RandomPolicy(0), seeds=[5], env_kwargs=kw)
+    assert np.isfinite(r["mean_share"])
+    r = evaluate_policy_share(NoopPolicy(), seeds=[5], env_kwargs=kw)
+    assert r["mean_share"] == 0.0
+    with pytest.raises(ConfigError):
+        evaluate_policy_share(OraclePolicy(), seeds=[5], env_kwargs=kw)
+    with pytest.raises(ConfigError):
+        make_baseline("greedy")
+    with pytest.raises(ConfigError):
+        ThresholdPolicy(bid=2.0)
