@@ -283,9 +283,13 @@ class GaussianForecaster(Predictor):
             ``train_loss``, ``epochs``, ``best_epoch``, ``fit_seconds``, ``n_train``, ``n_val``.
         """
         t0 = time.perf_counter()
+        if isinstance(train, tuple) and len(train) == 2:
+            # Names first, so that errors about bad values can name the column.
+            n_f = as_matrix(train[0], "train features").shape[1]
+            n_k = as_matrix(train[1], "train targets").shape[1]
+            self.feature_names = names_or_default(feature_names, n_f, "f", "feature_names")
+            self.target_names = names_or_default(target_names, n_k, "y", "target_names")
         feats, targs = self._validated(train, "train")
-        self.feature_names = names_or_default(feature_names, feats.shape[1], "f", "feature_names")
-        self.target_names = names_or_default(target_names, targs.shape[1], "y", "target_names")
         self._check_names()
         if val is None:
             split = round(len(feats) * (1.0 - self.config.val_fraction))
