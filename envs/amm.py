@@ -117,7 +117,7 @@ def arb_buy_x_profit(
 def arb_sell_x_profit(
     dx: ArrayLike, x: ArrayLike, y: ArrayLike, fee: ArrayLike, p_buy: ArrayLike
 ) -> np.ndarray:
-    """Profit in Y of buying ``dx`` X at ``p_buy`` (CEX ask after fee) and selling it to the pool."""
+    """Profit in Y of buying ``dx`` X at ``p_buy`` (CEX ask after fee), selling it to the pool."""
     return amount_out(dx, x, y, fee) - _f(p_buy) * _f(dx)
 
 

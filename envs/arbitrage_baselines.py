@@ -26,6 +26,7 @@ from envs.errors import ConfigError
 from envs.vector_arbitrage import ArbitrageVectorEnv
 
 __all__ = [
+    "BidShadingPolicy",
     "NoopPolicy",
     "OraclePolicy",
     "RandomPolicy",
@@ -96,8 +97,9 @@ class ThresholdPolicy:
 
     def __init__(self, margin: float = 0.5, bid: float = 0.2) -> None:
         if margin < 0 or not 0 <= bid <= 1:
-            raise ConfigError(f"ThresholdPolicy: margin >= 0 and bid in [0, 1], got "
-                              f"{margin}, {bid}")
+            raise ConfigError(
+                f"ThresholdPolicy: margin >= 0 and bid in [0, 1], got {margin}, {bid}"
+            )
         self.margin = margin
         self.bid = bid
 
@@ -131,6 +133,49 @@ class ThresholdPolicy:
         return act
 
 
+class BidShadingPolicy:
+    """Observation-only reference: bid a fixed share of the surplus over base-fee gas.
+
+    Competitors bid a share of the opportunity's surplus, so a bid that scales with the surplus
+    wins the auction where a flat bid overpays small opportunities and loses large ones. This
+    is not one of the issue's baselines; it shows how much a policy that conditions its bid on
+    the observation can gain over ``ThresholdPolicy`` (a learned agent should match or beat it).
+
+    Args:
+        shade: tip as a fraction of the surplus (gross profit minus gas at the base fee).
+    """
+
+    def __init__(self, shade: float = 0.6) -> None:
+        if not 0 <= shade <= 1:
+            raise ConfigError(f"BidShadingPolicy: shade must be in [0, 1], got {shade}")
+        self.shade = shade
+
+    def __call__(self, obs: Any, env: Any) -> np.ndarray:
+        """Batched actions from observations only (continuous action mode)."""
+        cfg = env.cfg
+        if cfg.action_mode != "continuous":
+            raise ConfigError("BidShadingPolicy needs action_mode='continuous'")
+        b = _blocks(obs, env)
+        opp = b["opportunity"].astype(np.float64).reshape(-1, cfg.n_directions, 3)
+        base_gwei = b["gas"][:, 0].astype(np.float64) * cfg.base_fee_ref_gwei
+        # Surplus over base-fee gas in units of the max-tip gas cost = tip fraction that pays it.
+        surplus = opp[:, :, 2] - (base_gwei / cfg.max_priority_fee_gwei)[:, None]
+        n = opp.shape[0]
+        act = np.zeros((n, cfg.n_slots + 1), dtype=np.float32)
+        tips = np.zeros(n)
+        for s in range(cfg.n_slots):
+            pair = surplus[:, 2 * s : 2 * s + 2]
+            d = np.argmax(pair, axis=1)
+            best = pair[np.arange(n), d]
+            size = opp[np.arange(n), 2 * s + d, 0]
+            bid = np.clip(self.shade * best, 0.0, 1.0)
+            trade = (best > bid) & (size > 0)
+            act[:, s] = np.where(trade, np.where(d == 0, size, -size), 0.0)
+            tips = np.maximum(tips, np.where(trade, bid, 0.0))
+        act[:, -1] = tips
+        return act
+
+
 class OraclePolicy:
     """Privileged upper bound: the block's optimal trade, bidding just over the competitor."""
 
@@ -142,8 +187,10 @@ class OraclePolicy:
 
 
 def make_baseline(name: str, **kwargs: Any) -> Any:
-    """Build a baseline by name: ``oracle``, ``threshold``, ``noop`` or ``random``."""
+    """Build a baseline by name: ``oracle``, ``threshold``, ``noop``, ``random`` (or the
+    ``bid_shading`` reference)."""
     table = {
+        "bid_shading": BidShadingPolicy,
         "oracle": OraclePolicy,
         "threshold": ThresholdPolicy,
         "noop": NoopPolicy,

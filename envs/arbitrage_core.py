@@ -139,15 +139,17 @@ class ArbConfig:
                 f"{self.inventory_limits}"
             )
         if self.action_mode not in ("continuous", "discrete"):
-            raise ConfigError(f"action_mode must be 'continuous' or 'discrete', got "
-                              f"{self.action_mode!r}")
+            raise ConfigError(
+                f"action_mode must be 'continuous' or 'discrete', got {self.action_mode!r}"
+            )
         if not self.size_levels or any(not 0 < s <= 1 for s in self.size_levels):
             raise ConfigError(f"size_levels must be fractions in (0, 1], got {self.size_levels}")
         if not self.bid_levels or any(not 0 <= b <= 1 for b in self.bid_levels):
             raise ConfigError(f"bid_levels must be fractions in [0, 1], got {self.bid_levels}")
         if self.size_reference not in ("optimal", "max"):
-            raise ConfigError(f"size_reference must be 'optimal' or 'max', got "
-                              f"{self.size_reference!r}")
+            raise ConfigError(
+                f"size_reference must be 'optimal' or 'max', got {self.size_reference!r}"
+            )
 
     @property
     def n_pools(self) -> int:
@@ -592,6 +594,8 @@ def _competitors(cfg, gross, gas_cost_base, gas_per_gwei, u, z):
 
 def _exec_competitor_cex(cfg, x, y, k, p_bid, p_ask, mask):
     """Competitor takes the full unconstrained optimum on pool ``k`` where ``mask``."""
+    if not mask.any():  # most blocks: nothing to do (skipping is exact, and much faster)
+        return mask
     f = cfg.pool_fees[k]
     dyb, dxb, pb = amm.optimal_buy_x(x[:, k], y[:, k], f, p_bid)
     dxs, dys, ps = amm.optimal_sell_x(x[:, k], y[:, k], f, p_ask)
@@ -604,6 +608,8 @@ def _exec_competitor_cex(cfg, x, y, k, p_bid, p_ask, mask):
 
 def _exec_competitor_pair(cfg, x, y, mask):
     """Competitor takes the full two-pool optimum where ``mask``."""
+    if not mask.any():
+        return mask
     f0, f1 = cfg.pool_fees
     dy01, dx01, p01 = amm.optimal_two_pool(x[:, 0], y[:, 0], f0, x[:, 1], y[:, 1], f1)
     dy10, dx10, p10 = amm.optimal_two_pool(x[:, 1], y[:, 1], f1, x[:, 0], y[:, 0], f0)
@@ -621,6 +627,8 @@ def _exec_competitor_pair(cfg, x, y, mask):
 
 def _exec_agent_cex(cfg, st, k, size, lim, mask, p_bid, p_ask, p_mid, gas_ok, gas_rev, acc):
     """Agent's CEX-DEX transaction on pool ``k`` where ``mask``; reverts pay ``gas_rev``."""
+    if not mask.any():
+        return
     f = cfg.pool_fees[k]
     x, y, bal = st.x[:, k], st.y[:, k], st.bal
     mag = np.abs(size)
@@ -655,6 +663,8 @@ def _exec_agent_cex(cfg, st, k, size, lim, mask, p_bid, p_ask, p_mid, gas_ok, ga
 
 def _exec_agent_pair(cfg, st, size, lim_in, lim_out, mask, p_mid, gas_ok, gas_rev, acc):
     """Agent's atomic DEX-DEX route where ``mask``: both legs or neither."""
+    if not mask.any():
+        return
     f0, f1 = cfg.pool_fees
     x, y, bal = st.x, st.y, st.bal
     fwd = size > 0
@@ -710,9 +720,7 @@ def _oracle(cfg, opp_free, x, y, bal, bid, ask, base, native, comp_present, comp
     return total
 
 
-def core_oracle_action(
-    cfg: ArbConfig, state: ArbState, scen: ScenarioBatch
-) -> np.ndarray:
+def core_oracle_action(cfg: ArbConfig, state: ArbState, scen: ScenarioBatch) -> np.ndarray:
     """Continuous action realising the oracle trade (latency 0): privileged, for the baseline.
 
     Uses the competitor's bid of the coming block (hindsight) and bids just above it.
@@ -745,8 +753,9 @@ def core_oracle_action(
             )
             dx = np.zeros_like(cap)
             dx[:, d] = size_d
-            net = np.where(size_d > 0, _gross(cfg, dx, state.x, state.y, bid, ask)[:, d]
-                           - gas_cost, 0.0)
+            net = np.where(
+                size_d > 0, _gross(cfg, dx, state.x, state.y, bid, ask)[:, d] - gas_cost, 0.0
+            )
             better = net > best
             best = np.where(better, net, best)
             best_a = np.where(better, sign * size_d / cfg.max_trade_size, best_a)
@@ -812,8 +821,12 @@ def core_step(
 
     free_size, free_gross = _unconstrained(cfg, state.x, state.y, bid, ask)
     present, cbid = _slot_competitors(cfg, free_gross, base, gas_per_gwei, scen, n, row)
-    oracle = _oracle(cfg, free_size, state.x, state.y, state.bal, bid, ask, base, native,
-                     present, cbid)
+    if (free_gross > 0).any():
+        oracle = _oracle(
+            cfg, free_size, state.x, state.y, state.bal, bid, ask, base, native, present, cbid
+        )
+    else:
+        oracle = np.zeros(nn)
 
     acc = {k: np.zeros(nn) for k in ("profit", "gas", "fees", "reverted", "traded")}
     took = np.zeros(nn)
@@ -825,19 +838,63 @@ def core_step(
     outbid += np.sum(has_tx & ~first, axis=1)
     for s in range(cfg.n_slots):
         if cfg.mode == "cex_dex":
-            _exec_agent_cex(cfg, state, s, ex_size[:, s], ex_lim[:, s], first[:, s], bid, ask,
-                            p, gas_ok, gas_rev, acc)
+            _exec_agent_cex(
+                cfg,
+                state,
+                s,
+                ex_size[:, s],
+                ex_lim[:, s],
+                first[:, s],
+                bid,
+                ask,
+                p,
+                gas_ok,
+                gas_rev,
+                acc,
+            )
             took += _exec_competitor_cex(cfg, state.x, state.y, s, bid, ask, present[:, s]) & (
                 ~first[:, s]
             )
-            _exec_agent_cex(cfg, state, s, ex_size[:, s], ex_lim[:, s],
-                            has_tx[:, s] & ~first[:, s], bid, ask, p, gas_ok, gas_rev, acc)
+            _exec_agent_cex(
+                cfg,
+                state,
+                s,
+                ex_size[:, s],
+                ex_lim[:, s],
+                has_tx[:, s] & ~first[:, s],
+                bid,
+                ask,
+                p,
+                gas_ok,
+                gas_rev,
+                acc,
+            )
         else:
-            _exec_agent_pair(cfg, state, ex_size[:, 0], ex_lim[:, 0], ex_lim2[:, 0],
-                             first[:, 0], p, gas_ok, gas_rev, acc)
+            _exec_agent_pair(
+                cfg,
+                state,
+                ex_size[:, 0],
+                ex_lim[:, 0],
+                ex_lim2[:, 0],
+                first[:, 0],
+                p,
+                gas_ok,
+                gas_rev,
+                acc,
+            )
             took += _exec_competitor_pair(cfg, state.x, state.y, present[:, 0]) & ~first[:, 0]
-            _exec_agent_pair(cfg, state, ex_size[:, 0], ex_lim[:, 0], ex_lim2[:, 0],
-                             has_tx[:, 0] & ~first[:, 0], p, gas_ok, gas_rev, acc)
+            _exec_agent_pair(
+                cfg,
+                state,
+                ex_size[:, 0],
+                ex_lim[:, 0],
+                ex_lim2[:, 0],
+                has_tx[:, 0] & ~first[:, 0],
+                p,
+                gas_ok,
+                gas_rev,
+                acc,
+            )
     if cfg.mode == "dex_dex":
         # Outside CEX-DEX arbitrageurs keep each pool near the reference (lower priority).
         fees = np.asarray(cfg.pool_fees)[None, :]
@@ -845,9 +902,14 @@ def core_step(
             amm.optimal_buy_x(state.x, state.y, fees, bid[:, None])[2],
             amm.optimal_sell_x(state.x, state.y, fees, ask[:, None])[2],
         )
-        bg, _ = _competitors(cfg, g_pool, (base * gas_per_gwei)[:, None],
-                             gas_per_gwei[:, None], scen.comp_u[n, row, : cfg.n_pools],
-                             scen.comp_z[n, row, : cfg.n_pools])
+        bg, _ = _competitors(
+            cfg,
+            g_pool,
+            (base * gas_per_gwei)[:, None],
+            gas_per_gwei[:, None],
+            scen.comp_u[n, row, : cfg.n_pools],
+            scen.comp_z[n, row, : cfg.n_pools],
+        )
         for k in range(cfg.n_pools):
             _exec_competitor_cex(cfg, state.x, state.y, k, bid, ask, bg[:, k])
 
@@ -861,17 +923,20 @@ def core_step(
     state.x += sell_amt - buy_amt
     state.y += y_in - y_out
     lpf = scen.lp_flow[n, row]
-    liq = np.sqrt(state.x * state.y)
-    # Never let LPs drain a pool below 10% of its initial liquidity.
-    lpf = np.where(liq * (1.0 + lpf) < 0.1 * state.liq0, 0.0, lpf)
-    state.x *= 1.0 + lpf
-    state.y *= 1.0 + lpf
+    if lpf.any():
+        liq = np.sqrt(state.x * state.y)
+        # Never let LPs drain a pool below 10% of its initial liquidity.
+        lpf = np.where(liq * (1.0 + lpf) < 0.1 * state.liq0, 0.0, lpf)
+        state.x *= 1.0 + lpf
+        state.y *= 1.0 + lpf
 
     reb_fee = _rebalance(cfg, state, p) if cfg.mode == "cex_dex" else np.zeros(nn)
 
     profit = acc["profit"] - reb_fee
     if cfg.inventory_penalty > 0:
-        dev = np.abs(state.bal[:, 0] - state.bal0[:, 0]) + np.abs(state.bal[:, 2] - state.bal0[:, 2])
+        dev = np.abs(state.bal[:, 0] - state.bal0[:, 0]) + np.abs(
+            state.bal[:, 2] - state.bal0[:, 2]
+        )
         penalty = cfg.inventory_penalty * dev * p * scen.ewma_vol[n, row]
     else:
         penalty = 0.0
@@ -932,8 +997,10 @@ def _rebalance(cfg: ArbConfig, state: ArbState, p: np.ndarray) -> np.ndarray:
         total0 = state.bal0[:, a] + state.bal0[:, b]
         share_a = np.where(total > 0, state.bal[:, a] / np.maximum(total, 1e-300), 0.5)
         target_a = np.where(total0 > 0, state.bal0[:, a] / np.maximum(total0, 1e-300), 0.5)
-        low = idle & (total > 0) & (
-            (share_a < cfg.rebalance_threshold) | (share_a > 1.0 - cfg.rebalance_threshold)
+        low = (
+            idle
+            & (total > 0)
+            & ((share_a < cfg.rebalance_threshold) | (share_a > 1.0 - cfg.rebalance_threshold))
         )
         amt = np.where(low, target_a * total - state.bal[:, a], 0.0)  # + moves b -> a
         moves[:, a] += amt

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -34,19 +34,26 @@ def build_config(mode: str = "cex_dex", **kwargs: Any) -> core.ArbConfig:
     names = {f.name for f in fields(core.ArbConfig)}
     unknown = sorted(set(kwargs) - names)
     if unknown:
-        raise ConfigError(f"Arbitrage-v0: unknown arguments {unknown}; expected some of "
-                          f"{sorted(names)}")
+        raise ConfigError(
+            f"Arbitrage-v0: unknown arguments {unknown}; expected some of {sorted(names)}"
+        )
     if mode not in core.MODES:
         raise ConfigError(f"Arbitrage-v0: mode must be one of {core.MODES}, got {mode!r}")
     fees, tvl = _DEFAULT_POOLS[mode]
     if kwargs.get("pool_fees") is None:
         kwargs["pool_fees"] = fees
     if kwargs.get("pool_tvl") is None:
-        kwargs["pool_tvl"] = tvl if len(kwargs["pool_fees"]) == len(tvl) else (
-            (tvl[0],) * len(kwargs["pool_fees"])
+        kwargs["pool_tvl"] = (
+            tvl if len(kwargs["pool_fees"]) == len(tvl) else ((tvl[0],) * len(kwargs["pool_fees"]))
         )
-    for key in ("pool_fees", "pool_tvl", "initial_balances", "inventory_limits", "size_levels",
-                "bid_levels"):
+    for key in (
+        "pool_fees",
+        "pool_tvl",
+        "initial_balances",
+        "inventory_limits",
+        "size_levels",
+        "bid_levels",
+    ):
         if key in kwargs and kwargs[key] is not None:
             kwargs[key] = tuple(float(v) for v in kwargs[key])
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -66,8 +73,9 @@ def make_observation_builder(
         directions = ["buy0_sell1", "buy1_sell0"]
     blocks = [
         BlockSpec(
-            "pools", (k * 3,), feature_names=tuple(f"pool{i}_{c}" for i in range(k)
-                                                   for c in pool_cols)
+            "pools",
+            (k * 3,),
+            feature_names=tuple(f"pool{i}_{c}" for i in range(k) for c in pool_cols),
         ),
         BlockSpec("reference", (3,), feature_names=("ret_bps", "vol_bps", "spread_bps")),
         BlockSpec("gas", (3,), feature_names=("base_fee", "base_fee_mean", "last_utilization")),
@@ -81,8 +89,14 @@ def make_observation_builder(
         BlockSpec(
             "inventory",
             (6,),
-            feature_names=("cex_base", "cex_quote", "dex_base", "dex_quote", "transit_base",
-                           "transit_quote"),
+            feature_names=(
+                "cex_base",
+                "cex_quote",
+                "dex_base",
+                "dex_quote",
+                "transit_base",
+                "transit_quote",
+            ),
         ),
     ]
     for name, shape in predictor_shapes.items():
@@ -119,8 +133,7 @@ class ScenarioSource:
             if not isinstance(scenario, DefiScenario):
                 raise ConfigError("Arbitrage-v0: scenario must be an envs.data.defi.DefiScenario")
             if scenario.n_pools != cfg.n_pools:
-                raise DataError(f"scenario has {scenario.n_pools} pools, config has "
-                                f"{cfg.n_pools}")
+                raise DataError(f"scenario has {scenario.n_pools} pools, config has {cfg.n_pools}")
             if len(scenario) < length:
                 raise ConfigError(
                     f"Arbitrage-v0: scenario has {len(scenario)} rows, an episode needs "
@@ -214,7 +227,8 @@ class ArbitrageEnv(gym.Env):
 
     A Dict (or, with ``flatten=True``, one Box vector; names in ``flat_feature_names``) built
     with ``envs.observation.ObservationBuilder``:
-    ``pools (3K,)``: per pool the gap of the pool price to the CEX mid in %, log depth vs initial, fee in %;
+    ``pools (3K,)``: per pool the gap of the pool price to the CEX mid in %, log depth vs
+    initial, fee in %;
     ``reference (3,)``: last log return, EWMA volatility and spread, in bps;
     ``gas (3,)``: this block's base fee and its recent mean (in units of 20 gwei) and the last
     block's fullness; ``gas_history (W,)``: the last ``gas_window`` base fees;
@@ -273,7 +287,7 @@ class ArbitrageEnv(gym.Env):
     - v0: initial release (issue 4).
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(
         self,
@@ -297,7 +311,12 @@ class ArbitrageEnv(gym.Env):
         self.render_mode = render_mode
         self.scenario_rows = self.cfg.gas_window + self.episode_length + 1
         self.source = ScenarioSource(
-            self.cfg, self.scenario_rows, scenario, scenario_params, dataset, dataset_symbol,
+            self.cfg,
+            self.scenario_rows,
+            scenario,
+            scenario_params,
+            dataset,
+            dataset_symbol,
             predictor_blocks,
         )
         self.builder = make_observation_builder(self.cfg, self.source.predictor_shapes, flatten)
@@ -411,8 +430,17 @@ class ArbitrageEnv(gym.Env):
     def _info(self, res: core.StepResult | None, opp: dict[str, np.ndarray]) -> dict[str, Any]:
         s = self._state
         info: dict[str, Any] = {}
-        keys = ("profit", "gas_spent", "fees_paid", "reverted", "competitor_took", "outbid",
-                "oracle_profit", "traded", "rebalance_fee")
+        keys = (
+            "profit",
+            "gas_spent",
+            "fees_paid",
+            "reverted",
+            "competitor_took",
+            "outbid",
+            "oracle_profit",
+            "traded",
+            "rebalance_fee",
+        )
         for key in keys:
             info[key] = float(getattr(res, key)[0]) if res is not None else 0.0
         info["inventory"] = s.bal[0].copy()

@@ -9,7 +9,7 @@ reward 0.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -42,7 +42,10 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
         render_mode: accepted for ``gymnasium.make_vec`` compatibility (no rendering).
     """
 
-    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+        "render_modes": [],
+    }
 
     def __init__(
         self,
@@ -66,9 +69,14 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
         self.cfg = build_config(mode, **config)
         self.episode_length = int(episode_length)
         self.render_mode = None
-        self.scenario_rows = self.cfg.gas_window + self.episode_length + self.cfg.latency + 1
+        self.scenario_rows = self.cfg.gas_window + self.episode_length + 1
         self.source = ScenarioSource(
-            self.cfg, self.scenario_rows, scenario, scenario_params, dataset, dataset_symbol,
+            self.cfg,
+            self.scenario_rows,
+            scenario,
+            scenario_params,
+            dataset,
+            dataset_symbol,
             predictor_blocks,
         )
         self.builder = make_observation_builder(self.cfg, self.source.predictor_shapes, flatten)
@@ -159,7 +167,7 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
         return core.discrete_masks(self.cfg, self._opportunities())
 
     def oracle_action(self) -> np.ndarray:
-        """Privileged continuous oracle actions ``(N, S+1)`` (see ``ArbitrageEnv.oracle_action``)."""
+        """Privileged continuous oracle actions ``(N, S+1)``; see ``ArbitrageEnv.oracle_action``."""
         return core.core_oracle_action(self.cfg, self._state, self._scen).astype(np.float32)
 
     @property
@@ -186,8 +194,17 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
     ) -> dict[str, Any]:
         n = self.num_envs
         infos: dict[str, Any] = {}
-        keys = ("profit", "gas_spent", "fees_paid", "reverted", "competitor_took", "outbid",
-                "oracle_profit", "traded", "rebalance_fee")
+        keys = (
+            "profit",
+            "gas_spent",
+            "fees_paid",
+            "reverted",
+            "competitor_took",
+            "outbid",
+            "oracle_profit",
+            "traded",
+            "rebalance_fee",
+        )
         ones = np.ones(n, dtype=bool)
         for key in keys:
             v = np.zeros(n) if res is None else np.asarray(getattr(res, key), dtype=np.float64)

@@ -101,7 +101,7 @@ def test_optimal_sizes_beat_their_neighbours(x, fee, gap):
 )
 def test_two_pool_optimum_beats_neighbours(xa, xb, fa, fb, gap):
     ya, yb = xa * 2500.0, xb * 2500.0 * (1 + gap)
-    dy, dx, profit = amm.optimal_two_pool(xa, ya, fa, xb, yb, fb)
+    _dy, dx, profit = amm.optimal_two_pool(xa, ya, fa, xb, yb, fb)
     if profit <= 0:
         assert dx == 0.0
         # No profitable size on a grid either.

@@ -58,10 +58,19 @@ def test_gym_make_default_and_render():
     obs, info = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     assert env.action_space.shape == (2,)
-    obs, r, term, trunc, info = env.step(env.action_space.sample())
+    obs, _r, _term, _trunc, info = env.step(env.action_space.sample())
     assert isinstance(env.render(), str)
-    for key in ("profit", "gas_spent", "fees_paid", "reverted", "competitor_took",
-                "oracle_profit", "inventory", "cum_profit", "cum_oracle_profit"):
+    for key in (
+        "profit",
+        "gas_spent",
+        "fees_paid",
+        "reverted",
+        "competitor_took",
+        "oracle_profit",
+        "inventory",
+        "cum_profit",
+        "cum_oracle_profit",
+    ):
         assert key in info
     assert env.unwrapped.episode_length == 1000
 
@@ -83,7 +92,7 @@ def test_seeding_reproduces_trajectories(mode):
     env = ArbitrageEnv(mode=mode, **SHORT)
     o1, r1, _ = _run(env, actions(1), 60, seed=7)
     o2, r2, _ = _run(env, actions(1), 60, seed=7)
-    o3, r3, _ = _run(env, actions(1), 60, seed=8)
+    o3, _r3, _ = _run(env, actions(1), 60, seed=8)
     assert all(_equal_obs(a, b) for a, b in zip(o1, o2, strict=True))
     assert r1 == r2
     assert not all(_equal_obs(a, b) for a, b in zip(o1, o3, strict=True))
@@ -99,8 +108,8 @@ def test_pickle_mid_episode_continues_identically():
     clone = pickle.loads(pickle.dumps(env))
     for _ in range(30):
         a = pol(_batch(obs), env)[0]
-        o1, r1, _, t1, i1 = env.step(a)
-        o2, r2, _, t2, i2 = clone.step(a)
+        o1, r1, _, t1, _i1 = env.step(a)
+        o2, r2, _, t2, _i2 = clone.step(a)
         assert _equal_obs(o1, o2) and r1 == r2 and t1 == t2
         obs = o1
 
@@ -200,8 +209,10 @@ def test_reverts_cost_gas_and_move_nothing():
 
 
 def test_step_profit_never_exceeds_oracle():
-    for action_mode, pol in (("continuous", ThresholdPolicy(0.0, 0.5)),
-                             ("discrete", ThresholdPolicy(0.0, 0.3))):
+    for action_mode, pol in (
+        ("continuous", ThresholdPolicy(0.0, 0.5)),
+        ("discrete", ThresholdPolicy(0.0, 0.3)),
+    ):
         env = ArbitrageEnv(action_mode=action_mode, episode_length=300)
         obs, _ = env.reset(seed=4)
         rng = np.random.default_rng(1)
@@ -234,7 +245,7 @@ def test_oracle_policy_attains_oracle_profit_dex_dex():
     env = ArbitrageEnv(mode="dex_dex", episode_length=300)
     env.reset(seed=1)
     for _ in range(300):
-        _, _, _, trunc, info = env.step(env.oracle_action())
+        _, _, _, _trunc, info = env.step(env.oracle_action())
     ep = info["episode"]
     assert ep["oracle_profit"] > 0
     assert ep["share_of_oracle"] == pytest.approx(1.0, abs=1e-3)

@@ -70,11 +70,12 @@ def test_vector_matches_single_envs_across_autoreset(kwargs):
 
 
 def test_make_vec_uses_vector_entry_point():
-    venv = gym.make_vec("Arbitrage-v0", num_envs=4, vectorization_mode="vector_entry_point",
-                        episode_length=20)
+    venv = gym.make_vec(
+        "Arbitrage-v0", num_envs=4, vectorization_mode="vector_entry_point", episode_length=20
+    )
     obs, _ = venv.reset(seed=0)
     assert venv.observation_space.contains(obs)
-    obs, r, term, trunc, info = venv.step(venv.action_space.sample())
+    obs, r, _term, trunc, info = venv.step(venv.action_space.sample())
     assert r.shape == (4,) and trunc.shape == (4,)
     assert info["inventory"].shape == (4, 4)
 

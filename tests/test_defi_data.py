@@ -33,8 +33,9 @@ def test_same_seed_same_scenario_and_shapes():
 def test_base_fee_follows_eip1559_exactly():
     s = _gen(3)
     p = ScenarioParams()
-    nxt = np.maximum(eip1559_next_base_fee(s.base_fee[:-1], s.utilization[:-1]),
-                     p.min_base_fee_gwei)
+    nxt = np.maximum(
+        eip1559_next_base_fee(s.base_fee[:-1], s.utilization[:-1]), p.min_base_fee_gwei
+    )
     np.testing.assert_allclose(s.base_fee[1:], nxt, rtol=1e-12)
     # At most 12.5% per block.
     ratio = s.base_fee[1:] / s.base_fee[:-1]
@@ -73,8 +74,7 @@ def test_reference_path_from_dataset():
     n = 500
     close = 30_000 * np.exp(np.cumsum(np.full(n, 1e-4)))
     ohlcv = np.stack([close, close, close, close, np.ones(n)], axis=1)
-    ds = MarketDataset(timestamps=np.arange(n) * 3_600_000_000_000, symbols=("BTC",),
-                       ohlcv=ohlcv)
+    ds = MarketDataset(timestamps=np.arange(n) * 3_600_000_000_000, symbols=("BTC",), ohlcv=ohlcv)
     ref = reference_from_dataset(ds)
     np.testing.assert_allclose(ref, close)
     s = generate_scenario(np.random.default_rng(0), n, 1, ref_price=ref)

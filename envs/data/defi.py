@@ -165,12 +165,16 @@ class DefiScenario:
     def __post_init__(self) -> None:
         n = np.shape(self.ref_price)[0] if np.ndim(self.ref_price) == 1 else -1
         if n < 2:
-            raise DataError(f"DefiScenario.ref_price: expected shape (T,) with T >= 2, got "
-                            f"{np.shape(self.ref_price)}")
+            raise DataError(
+                f"DefiScenario.ref_price: expected shape (T,) with T >= 2, got "
+                f"{np.shape(self.ref_price)}"
+            )
         k = np.shape(self.noise_flow)[1] if np.ndim(self.noise_flow) == 2 else -1
         if k < 1:
-            raise DataError(f"DefiScenario.noise_flow: expected shape (T, K) with K >= 1 pools, "
-                            f"got {np.shape(self.noise_flow)}")
+            raise DataError(
+                f"DefiScenario.noise_flow: expected shape (T, K) with K >= 1 pools, "
+                f"got {np.shape(self.noise_flow)}"
+            )
         want = {
             "ref_price": (n,),
             "spread": (n,),
@@ -330,8 +334,9 @@ def generate_scenario(
     else:
         price = np.asarray(ref_price, dtype=np.float64)
         if price.shape != (n_steps,):
-            raise DataError(f"generate_scenario: ref_price has shape {price.shape}, "
-                            f"expected ({n_steps},)")
+            raise DataError(
+                f"generate_scenario: ref_price has shape {price.shape}, expected ({n_steps},)"
+            )
         if np.any(~np.isfinite(price) | (price <= 0)):
             raise DataError("generate_scenario: ref_price must be finite and > 0")
         rets = np.diff(np.log(price), append=np.log(price[-1]))
