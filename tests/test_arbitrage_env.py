@@ -308,3 +308,76 @@ def test_config_errors_are_clear():
     env.reset(seed=0)
     with pytest.raises(ConfigError, match="action"):
         env.step(np.array([0.1, 0.2, 0.3], np.float32))
+
+
+def test_rebalancing_moves_inventory_with_fee_and_delay():
+    env = ArbitrageEnv(
+        rebalance_delay=3,
+        rebalance_fee_bps=10.0,
+        rebalance_fee_fixed=5.0,
+        competitor_scale=1e9,
+        **SHORT,
+    )
+    env.reset(seed=0)
+    s = env.state
+    # Drain the CEX of base: the venue's share falls under the threshold.
+    s.bal[0] = np.array([5.0, 250_000.0, 195.0, 250_000.0])
+    _, r, _, _, info = env.step(np.zeros(2, np.float32))
+    price = env.scenario_batch.ref_price[0, s.row0[0]]
+    moved = 95.0  # back to the initial 50/50 split of 200 base
+    assert info["in_transit"][0] == pytest.approx(moved)
+    assert info["inventory"][2] == pytest.approx(100.0)
+    fee = 10e-4 * moved * price + 5.0
+    assert info["rebalance_fee"] == pytest.approx(fee, rel=1e-9)
+    assert r == pytest.approx(-fee, rel=1e-9)
+    for _ in range(2):
+        _, _, _, _, info = env.step(np.zeros(2, np.float32))
+    assert info["in_transit"][0] == pytest.approx(moved)
+    _, _, _, _, info = env.step(np.zeros(2, np.float32))
+    assert info["in_transit"][0] == 0.0
+    assert info["inventory"][0] == pytest.approx(100.0)
+
+
+def test_inventory_penalty_reduces_reward_not_profit():
+    kw = {"rebalance": False, "episode_length": 200}
+    a = ArbitrageEnv(**kw)
+    b = ArbitrageEnv(inventory_penalty=1.0, **kw)
+    oa, _ = a.reset(seed=3)
+    b.reset(seed=3)
+    pol = ThresholdPolicy()
+    gap = 0.0
+    for _ in range(200):
+        act = pol(_batch(oa), a)[0]
+        oa, ra, _, _, ia = a.step(act)
+        _, rb, _, _, ib = b.step(act)
+        assert ia["profit"] == ib["profit"]
+        assert rb <= ra + 1e-12
+        gap += ra - rb
+    assert gap > 0  # trading moved base between venues, which the penalty charges
+
+
+def test_reference_price_from_dataset():
+    from envs.data.dataset import MarketDataset
+
+    n = 400
+    close = 30_000 * np.exp(np.cumsum(np.random.default_rng(0).normal(0, 2e-3, n)))
+    ohlcv = np.stack([close, close, close, close, np.ones(n)], axis=1)
+    ds = MarketDataset(
+        timestamps=np.arange(n) * 3_600_000_000_000, symbols=("BTC/USD",), ohlcv=ohlcv
+    )
+    env = ArbitrageEnv(
+        dataset=ds,
+        max_trade_size=3.0,
+        initial_balances=(10.0, 300_000.0, 10.0, 300_000.0),
+        episode_length=100,
+    )
+    env.reset(seed=0)
+    row0 = env.cfg.gas_window
+    ref = env.scenario_batch.ref_price[0]
+    start = int(np.flatnonzero(np.isclose(close, ref[0]))[0])
+    np.testing.assert_allclose(ref, close[start : start + env.scenario_rows])
+    assert env.state.y[0, 0] / env.state.x[0, 0] == pytest.approx(ref[row0])
+    for _ in range(100):
+        env.step(env.oracle_action())
+    with pytest.raises(ConfigError, match="bars"):
+        ArbitrageEnv(dataset=ds, episode_length=1000)
