@@ -518,7 +518,9 @@ def decode_actions(
     gas_cost = cfg.gas_units * (scen.base_fee[n, row] + tip) * GWEI * scen.native_price[n, row]
     cap = _caps(cfg, state.bal, state.x, state.y, ask, gas_cost)
     size = np.where(want > 0, np.minimum(want, cap[:, 0::2]), -np.minimum(-want, cap[:, 1::2]))
-    return np.where(np.abs(size) > 1e-12, size, 0.0), tip
+    # A continuous trade clipped under the dead zone is not sent (the oracle's action set).
+    floor = cfg.dead_zone * cfg.max_trade_size if cfg.action_mode == "continuous" else 0.0
+    return np.where(np.abs(size) >= max(floor, 1e-12), size, 0.0), tip
 
 
 def discrete_masks(cfg: ArbConfig, opp: dict[str, np.ndarray]) -> np.ndarray:
@@ -833,7 +835,7 @@ def core_step(
     outbid = np.zeros(nn)
     has_tx = ex_size != 0.0  # (N, S)
     # Gas must be affordable from the DEX quote balance, otherwise nothing is sent.
-    has_tx &= (state.bal[:, 3] >= gas_ok)[:, None]
+    has_tx &= (state.bal[:, 3] >= np.maximum(gas_ok, gas_rev))[:, None]
     first = has_tx & (~present | (ex_tip[:, None] > cbid))
     outbid += np.sum(has_tx & ~first, axis=1)
     for s in range(cfg.n_slots):
