@@ -10,7 +10,8 @@ summary of an earlier position never reads later ones.
   bins aligned to end at ``t``), causal self-attention per scale, then a learned query attends
   over the scales' summaries (multi-resolution idea as in Pyraformer, Liu et al. 2022).
 * ``TemporalDecayAttention``: a query from the newest bar attends over the window with a score
-  penalty ``-lambda * distance`` (ALiBi, Press et al. 2022); ``lambda`` is learned per head or fixed.
+  penalty ``-lambda * distance`` (ALiBi, Press et al. 2022); ``lambda`` is learned per head or
+  fixed.
 * ``CrossMarketAttention``: at each time step the assets attend to each other (with a mask for
   missing assets), then each asset's history is summarised by decay attention over time.
 * ``HierarchicalTimeAttention``: causal attention within chunks of ``c`` bars, then causal
@@ -333,7 +334,7 @@ class HierarchicalTimeAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, W, F) -> (B, D)``."""
-        b, w, f = x.shape
+        b, w, _ = x.shape
         c = self.chunk
         n_chunks = -(-w // c)
         pad = n_chunks * c - w
@@ -356,7 +357,7 @@ EXTRACTORS = {
 
 
 def build_extractor(name: str, n_features: int, dim: int, **kwargs: Any) -> nn.Module:
-    """A ``(B, W, F) -> (B, dim)`` extractor by name: ``multiscale``, ``decay``, ``hierarchical``."""
+    """A ``(B, W, F) -> (B, dim)`` extractor: ``multiscale``, ``decay`` or ``hierarchical``."""
     if name not in EXTRACTORS:
         raise ConfigError(f"unknown attention extractor {name!r}; known: {sorted(EXTRACTORS)}")
     return EXTRACTORS[name](n_features, dim, **kwargs)
@@ -399,7 +400,7 @@ class ExtractorGaussianNet(nn.Module):
 
 @dataclass
 class AttentionForecasterConfig(ForecasterConfig):
-    """``ForecasterConfig`` plus the choice of attention extractor (``hidden_size`` is its width)."""
+    """``ForecasterConfig`` plus the attention extractor (``hidden_size`` is its width)."""
 
     extractor: str = "decay"
     """``multiscale``, ``decay`` or ``hierarchical``."""

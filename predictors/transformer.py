@@ -225,7 +225,8 @@ class DirectionClassifier(WindowClassifier):
 
     def _config_checks(self) -> list[tuple[str, bool, str]]:
         c = self.config
-        return super()._config_checks() + [
+        return [
+            *super()._config_checks(),
             ("horizon", isinstance(c.horizon, int) and c.horizon >= 1, "an int >= 1"),
             ("hold_fraction", 0.0 <= c.hold_fraction < 1.0, "in [0, 1)"),
             ("num_layers", c.num_layers >= 1, ">= 1"),

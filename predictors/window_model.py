@@ -124,8 +124,8 @@ class WindowModelPredictor(Predictor):
         self.target_names: list[str] = []
         self.feature_scaler = StandardScaler()
         self.metrics: dict[str, float] = {}
+        # JSON-ready values fitted on the training data besides the scaler (thresholds, classes).
         self.state: dict[str, Any] = {}
-        """JSON-ready values fitted on the training data besides the scaler (thresholds, classes)."""
         self._reset_online()
 
     # --- config -----------------------------------------------------------------------------
@@ -496,7 +496,7 @@ class WindowModelPredictor(Predictor):
         return self._forward_batched(x)
 
     def predict_block(self, features: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Block values at bars ``rows``, batched; row ``i`` reads bars ``(rows[i] - W, rows[i]]``."""
+        """Block values at bars ``rows``, batched; row ``i`` reads ``(rows[i] - W, rows[i]]``."""
         if self.net is None:
             raise DataError(f"predictor {self.kind!r}: predict called before fit or load")
         rows = np.asarray(rows, dtype=np.int64)
