@@ -9,7 +9,9 @@
 - ``NoopPolicy`` and ``RandomPolicy``.
 
 All policies are batched: ``policy(obs, env)`` takes a batch of observations (Dict of arrays or
-flat vectors with a leading ``N``) and the (vector) env, and returns ``N`` actions.
+flat vectors with a leading ``N``) and the (vector) env, and returns ``N`` actions; given one
+unbatched observation and a (possibly wrapped) single env they return one action, so they fit
+``agents.evaluation.Policy``.
 :func:`evaluate_policy_share` runs any of them, or any agent with ``act(obs, deterministic)``,
 on seeded held-out episodes and reports profit captured as a share of oracle profit.
 """
@@ -49,9 +51,30 @@ def _n(obs: Any) -> int:
     return int(np.shape(obs)[0])
 
 
+def _single_or_batch(policy_call):
+    """Let a batched policy also serve one env: ``policy(obs, env)`` with an unbatched
+    observation (and a possibly wrapped env, as ``agents.evaluation`` passes them)."""
+
+    def call(self: Any, obs: Any, env: Any) -> np.ndarray:
+        env = getattr(env, "unwrapped", env)
+        probe = obs["inventory"] if isinstance(obs, dict) else obs
+        if np.ndim(probe) == 1:
+            batched = (
+                {k: np.asarray(v)[None] for k, v in obs.items()}
+                if isinstance(obs, dict)
+                else np.asarray(obs)[None]
+            )
+            return policy_call(self, batched, env)[0]
+        return policy_call(self, obs, env)
+
+    call.__doc__ = policy_call.__doc__
+    return call
+
+
 class NoopPolicy:
     """Never trades."""
 
+    @_single_or_batch
     def __call__(self, obs: Any, env: Any) -> np.ndarray:
         """Zero actions (continuous) or action 0 (discrete)."""
         n = _n(obs)
@@ -70,6 +93,7 @@ class RandomPolicy:
     def __init__(self, seed: int = 0) -> None:
         self.rng = np.random.default_rng(seed)
 
+    @_single_or_batch
     def __call__(self, obs: Any, env: Any) -> np.ndarray:
         """One uniform action per env."""
         n = _n(obs)
@@ -106,6 +130,7 @@ class ThresholdPolicy:
         self.margin = margin
         self.bid = bid
 
+    @_single_or_batch
     def __call__(self, obs: Any, env: Any) -> np.ndarray:
         """Batched threshold actions from observations only."""
         cfg = env.cfg
@@ -153,6 +178,7 @@ class BidShadingPolicy:
             raise ConfigError(f"BidShadingPolicy: shade must be in [0, 1], got {shade}")
         self.shade = shade
 
+    @_single_or_batch
     def __call__(self, obs: Any, env: Any) -> np.ndarray:
         """Batched actions from observations only (continuous action mode)."""
         cfg = env.cfg
@@ -182,11 +208,12 @@ class BidShadingPolicy:
 class OraclePolicy:
     """Privileged upper bound: the block's optimal trade, bidding just over the competitor."""
 
+    @_single_or_batch
     def __call__(self, obs: Any, env: Any) -> np.ndarray:
         """The env's oracle actions (continuous action mode only)."""
         if env.cfg.action_mode != "continuous":
             raise ConfigError("OraclePolicy needs action_mode='continuous'")
-        return env.oracle_action()
+        return np.asarray(env.oracle_action()).reshape(_n(obs), -1)
 
 
 def make_baseline(name: str, **kwargs: Any) -> Any:

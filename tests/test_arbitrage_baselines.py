@@ -81,3 +81,18 @@ def test_discrete_baselines_and_errors():
         make_baseline("greedy")
     with pytest.raises(ConfigError):
         ThresholdPolicy(bid=2.0)
+
+
+def test_baselines_accept_single_wrapped_envs():
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+
+    for flatten in (False, True):
+        env = gym.make("Arbitrage-v0", episode_length=40, flatten=flatten)
+        obs, _ = env.reset(seed=0)
+        for name in ("oracle", "threshold", "noop", "random", "bid_shading"):
+            pol = make_baseline(name)
+            a = pol(obs, env)
+            assert env.action_space.contains(np.asarray(a, dtype=np.float32))
+            obs, *_ = env.step(a)
