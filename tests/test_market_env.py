@@ -20,14 +20,8 @@ HOUR_NS = 3600 * 10**9
 
 
 def _warnings_as_errors() -> None:
-    """Every warning is an error, except a NumPy RuntimeWarning raised inside envs.features.
-
-    check_env rebuilds the env (so features are recomputed inside it); the features pipeline
-    (owned elsewhere) currently warns "invalid value encountered in add" in its rolling moments
-    for rvol on NaN leading rows, which is not ours to silence in the env.
-    """
+    """Every warning is an error (check_env rebuilds the env, so features are recomputed too)."""
     warnings.simplefilter("error")
-    warnings.filterwarnings("default", category=RuntimeWarning, module=r"envs\.features\..*")
 
 
 BARS_PER_YEAR = 365.25 * 24

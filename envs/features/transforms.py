@@ -167,6 +167,10 @@ def rolling_mean_var(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray
     var = np.empty((n_pad, n_cols))
     mean[: window - 1] = np.nan
     var[: window - 1] = np.nan
+    # The padding rows are discarded, but the anchor is added to them below: give them a value so
+    # no uninitialised memory (possibly NaN/inf bit patterns) meets arithmetic.
+    mean[n_rows:] = 0.0
+    var[n_rows:] = 0.0
     sum1 = mean[window - 1 : n_rows]
     sum2 = var[window - 1 : n_rows]
     np.subtract(s1[window:n_rows], s1[: n_rows - window], out=sum1[1:])
