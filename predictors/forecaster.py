@@ -96,6 +96,9 @@ class ForecasterConfig:
     """Gradient-norm clip for fit and online steps."""
     online_lr: float = 1e-3
     """Adam learning rate of online ``update`` steps."""
+    online_scope: str = "all"
+    """Parameters an online step trains: ``all``, or ``head`` (the recurrent encoder is frozen
+    and run without gradients; several times cheaper per step, adapts level and uncertainty)."""
     replay_capacity: int = 4096
     """Samples kept for experience replay (seeded with the most recent training samples)."""
     replay_batch: int = 32
@@ -153,6 +156,7 @@ class GaussianForecaster(Predictor):
             ("min_var", c.min_var > 0, "> 0"),
             ("lr", c.lr > 0, "> 0"),
             ("online_lr", c.online_lr >= 0, ">= 0"),
+            ("online_scope", c.online_scope in ("all", "head"), "'all' or 'head'"),
             ("batch_size", c.batch_size >= 1, ">= 1"),
             ("max_epochs", c.max_epochs >= 1, ">= 1"),
             ("patience", c.patience >= 1, ">= 1"),
@@ -409,17 +413,28 @@ class GaussianForecaster(Predictor):
         y: np.ndarray,
         w: np.ndarray,
         out_w: torch.Tensor | None,
+        head_only: bool = False,
     ) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """One gradient step; returns the loss and the pre-step (detached) mean and variance."""
+        """One gradient step; returns the loss and the pre-step (detached) mean and variance.
+
+        With ``head_only`` the encoder runs without autograd and only the head learns.
+        """
         assert self.net is not None
         xt = torch.as_tensor(x, device=self.device)
         yt = torch.as_tensor(y, device=self.device)
         wt = torch.as_tensor(w, device=self.device)
-        mean, var = self.net(xt)
+        if head_only:
+            with torch.no_grad():
+                z = self.net.encode(xt)
+            mean, var = self.net.decode(z)
+            params = self.net.head.parameters()
+        else:
+            mean, var = self.net(xt)
+            params = self.net.parameters()
         loss = gaussian_nll(mean, var, yt, wt, out_w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip, foreach=True)
+        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip, foreach=True)
         opt.step()
         return float(loss.detach()), mean.detach(), var.detach()
 
@@ -515,7 +530,14 @@ class GaussianForecaster(Predictor):
         if self._online_opt is None:
             self._online_opt = self._make_online_optimizer()
         self._set_training(True)
-        loss, mean, var = self._step(self._online_opt, x_new, y_new, w_new, self._out_w_tensor())
+        loss, mean, var = self._step(
+            self._online_opt,
+            x_new,
+            y_new,
+            w_new,
+            self._out_w_tensor(),
+            head_only=c.online_scope == "head",
+        )
         self._set_training(False)
         # Score the new samples with the forward pass of this step, i.e. with the weights as
         # they were before learning from them (with dropout > 0 that pass is stochastic).
@@ -528,7 +550,8 @@ class GaussianForecaster(Predictor):
 
     def _make_online_optimizer(self) -> torch.optim.Optimizer:
         assert self.net is not None
-        return torch.optim.Adam(self.net.parameters(), lr=self.config.online_lr, foreach=True)
+        params = self.net.head if self.config.online_scope == "head" else self.net
+        return torch.optim.Adam(params.parameters(), lr=self.config.online_lr, foreach=True)
 
     def _out_w_tensor(self) -> torch.Tensor | None:
         if not hasattr(self, "_out_w_cache"):

@@ -54,6 +54,10 @@ class RecurrentGaussianNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(mean, var)``, each ``(B, n_outputs)``, for windows ``x`` of ``(B, W, F)``."""
+        return self.decode(self.encode(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's input: last hidden state (plus the last bar's features with input_skip)."""
         h = self.input_proj(x)
         for rnn in self.layers:
             out, _ = rnn(h)
@@ -61,7 +65,11 @@ class RecurrentGaussianNet(nn.Module):
         last = h[:, -1]
         if self.input_skip:
             last = torch.cat([last, x[:, -1]], dim=-1)
-        mean, raw_var = self.head(last).chunk(2, dim=-1)
+        return last
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian head: mean and variance (softplus plus floor) from ``encode``'s output."""
+        mean, raw_var = self.head(z).chunk(2, dim=-1)
         var = F.softplus(raw_var) + self.min_var
         return mean, var
 

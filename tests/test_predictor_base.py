@@ -145,6 +145,20 @@ def test_update_learns_and_monitors():
         model.update(SampleBatch(feats[None, :6], np.ones((1, 2))))
 
 
+def test_head_scope_online_step_trains_only_the_head():
+    feats, targs = ar_data()
+    model = OnlineLSTM(online_scope="head", **TINY)
+    model.fit((feats[:400], targs[:400]))
+    encoder = {k: v.clone() for k, v in model.net.state_dict().items() if not k.startswith("head")}
+    head = model.net.head.weight.detach().clone()
+    model.update(model.samples(feats, targs, np.arange(400, 432)))
+    for k, v in encoder.items():
+        assert torch.equal(model.net.state_dict()[k], v), k
+    assert not torch.equal(model.net.head.weight, head)
+    with pytest.raises(ConfigError, match="online_scope"):
+        OnlineLSTM(online_scope="encoder")
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru", "gas"])
 def test_save_load_reproduces_predictions_exactly(tmp_path, kind):
     if kind == "gas":

@@ -1,0 +1,239 @@
+"""Predictor benchmark: fit time, online step time, batched inference, test error, coverage.
+
+Run: ``.venv/bin/python bench/predictors.py [--bars 100000] [--threads 1]``.
+
+Per model (OnlineLSTM, its GRU variant, GasPricePredictor, LiquidityPredictor) on a seeded toy
+series with known structure (``predictors.toy_series``):
+
+* fit time on 6,000 bars (early stopping on the last 20%);
+* online update time per step: one ``update`` with the one sample that became known (the exact
+  bar-by-bar protocol), and per bar when updates come in chunks of 32 (the provider default);
+* batched inference throughput over ``--bars`` bars (``predict_block``, ``torch.no_grad``);
+* walk-forward provider seconds over ``--bars`` bars, online (chunks of 32) and offline;
+* test MSE against persistence (``y_t`` for ``y_{t+h}``) per output, and the share of test targets
+  inside the 90% interval ``mean +- 1.645 std``.
+
+Then the env cost of the blocks: ``MarketTradingEnv`` reset time on the shipped BTC sample with
+and without all four models' blocks (8+ columns each) in the observation.
+
+Figures depend on the machine and its load (our CI box has 2 cores shared by several jobs): read
+them as orders of magnitude, never assert them in tests. Goal (issue 6): online step < 2 ms on CPU;
+blocks slow an env reset by < 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Keep the project root importable and this folder out of the way (bench/envs.py would shadow the
+# ``envs`` package when run as ``python bench/predictors.py``).
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from predictors import (  # noqa: E402
+    GasPricePredictor,
+    LiquidityPredictor,
+    OnlineGRU,
+    OnlineLSTM,
+    WalkForwardProvider,
+    stack_blocks,
+)
+from predictors.base import Predictor  # noqa: E402
+from predictors.toy_series import ar1, gas_like, pool_like  # noqa: E402
+
+Z_90 = 1.6448536269514722
+FIT_BARS = 6000
+TEST_BARS = 4000
+COMMON = {"window": 32, "hidden_size": 32, "max_epochs": 30, "patience": 4, "lr": 3e-3}
+
+DataFn = Callable[[int], tuple[np.ndarray, np.ndarray, list[str]]]
+
+
+def ar_data(n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    x = ar1(n, phi=0.6, noise=0.5, seed=11)
+    return np.stack([x, np.abs(x)], axis=1), x[:, None], ["x", "abs_x"]
+
+
+def gas_data(n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    fee, ts = gas_like(n, seed=1)
+    s = GasPricePredictor().prepare(fee, ts)
+    return s.features, s.targets, s.feature_names
+
+
+def pool_data(n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    s = LiquidityPredictor().prepare(*pool_like(n, seed=2))
+    return s.features, s.targets, s.feature_names
+
+
+MODELS: list[tuple[str, Callable[[], Predictor], DataFn]] = [
+    ("OnlineLSTM", lambda: OnlineLSTM(horizons=(1,), **COMMON), ar_data),
+    ("OnlineGRU", lambda: OnlineGRU(horizons=(1,), **COMMON), ar_data),
+    ("GasPricePredictor", lambda: GasPricePredictor(horizons=(1, 12), **COMMON), gas_data),
+    ("LiquidityPredictor", lambda: LiquidityPredictor(horizons=(1, 6), **COMMON), pool_data),
+]
+
+
+def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Median and mean seconds of ``repeat`` calls."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), float(np.mean(times))
+
+
+def bench_model(name: str, make: Callable[[], Predictor], data: DataFn, bars: int) -> dict:
+    feats, targs, names = data(FIT_BARS + TEST_BARS)
+    model = make()
+    t0 = time.perf_counter()
+    metrics = model.fit((feats[:FIT_BARS], targs[:FIT_BARS]), feature_names=names)
+    fit_s = time.perf_counter() - t0
+
+    # Test error against persistence and 90% coverage, per output.
+    rows = np.arange(FIT_BARS, len(feats) - model.target_delay)
+    block = model.predict_block(feats, rows)
+    n_out, n_k = model.n_outputs, targs.shape[1]
+    ratios, coverage = [], []
+    for j, out_name in enumerate(model.output_names):
+        h, k = model.config.horizons[j // n_k], j % n_k
+        y = targs[rows + h, k]
+        mse = np.mean((block[:, j] - y) ** 2)
+        pers = np.mean((targs[rows, k] - y) ** 2)
+        ratios.append((out_name, mse / pers))
+        coverage.append(np.mean(np.abs(y - block[:, j]) <= Z_90 * block[:, n_out + j]))
+
+    # Online step: the bar-by-bar protocol learns one new sample per step.
+    online = copy.deepcopy(model)
+    s = np.arange(FIT_BARS, FIT_BARS + 400)
+    one = [online.samples(feats, targs, s[i : i + 1]) for i in range(len(s))]
+    it = iter(one)
+    for _ in range(20):  # warm-up (optimiser state, allocator)
+        online.update(next(it))
+    step_med, step_mean = timed(lambda: online.update(next(it)), 300)
+    chunk = online.samples(feats, targs, np.arange(FIT_BARS, FIT_BARS + 32))
+    chunk_med, _ = timed(lambda: online.update(chunk), 50)
+    # The same step training only the Gaussian head (online_scope="head").
+    head = copy.deepcopy(model)
+    head.config = dataclasses.replace(head.config, online_scope="head")
+    head._online_opt = None
+    it = iter(one)
+    for _ in range(20):
+        head.update(next(it))
+    head_med, _ = timed(lambda: head.update(next(it)), 300)
+
+    # Batched inference and the provider over a long series.
+    big_f, big_t, _ = data(bars)
+    rows_big = np.arange(model.window - 1, bars)
+    t0 = time.perf_counter()
+    model.predict_block(big_f, rows_big)
+    infer_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    WalkForwardProvider(model, update_every=32).blocks(big_f, big_t)
+    prov_online_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    WalkForwardProvider(model, online=False).blocks(big_f)
+    prov_offline_s = time.perf_counter() - t0
+    return {
+        "name": name,
+        "fit_s": fit_s,
+        "epochs": int(metrics["epochs"]),
+        "step_ms_median": 1e3 * step_med,
+        "step_ms_mean": 1e3 * step_mean,
+        "chunk32_ms_per_bar": 1e3 * chunk_med / 32,
+        "head_step_ms_median": 1e3 * head_med,
+        "infer_bars_per_s": len(rows_big) / infer_s,
+        "provider_online_s": prov_online_s,
+        "provider_offline_s": prov_offline_s,
+        "ratios": ratios,
+        "coverage": float(np.mean(coverage)),
+        "model": model,
+    }
+
+
+def bench_env_reset(fitted: list[dict], resets: int) -> tuple[float, float, float, int]:
+    """Mean reset seconds of MarketTradingEnv: no blocks, one block per model, one joint block."""
+    from envs.data import load_sample
+    from envs.market_env import MarketTradingEnv
+
+    dataset = load_sample()
+    n = len(dataset)
+    blocks = {}
+    for res in fitted:
+        model: Predictor = res["model"]
+        # Blocks aligned with the sample's bars; their meaning does not matter for the cost.
+        data_fn = {m[0]: m[2] for m in MODELS}[res["name"]]
+        f, _, _ = data_fn(n)
+        cols = WalkForwardProvider(model, name=res["name"].lower(), online=False).blocks(f)
+        blocks[f"pred_{res['name'].lower()}"] = stack_blocks(cols)[0]
+    n_cols = sum(b.shape[1] for b in blocks.values())
+    combined = {"pred": np.concatenate(list(blocks.values()), axis=1)}
+    kwargs = {"dataset": dataset, "window": 32, "episode_length": 1024}
+    results = []
+    for extra in ({}, {"predictor_blocks": blocks}, {"predictor_blocks": combined}):
+        env = MarketTradingEnv(**kwargs, **extra)
+        env.reset(seed=0)
+        t0 = time.perf_counter()
+        for _ in range(resets):
+            env.reset()
+        results.append((time.perf_counter() - t0) / resets)
+    return results[0], results[1], results[2], n_cols
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bars", type=int, default=100_000, help="bars for inference/provider")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--resets", type=int, default=300, help="env resets to time")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), device cpu, {args.bars} bars; "
+        f"window {COMMON['window']}, hidden {COMMON['hidden_size']}"
+    )
+    header = (
+        f"{'model':<19}{'fit s':>7}{'ep':>4}{'step ms':>9}{'(mean)':>8}{'head ms':>8}"
+        f"{'ms/bar@32':>10}"
+        f"{'infer bars/s':>14}{'WF online s':>12}{'WF offl s':>10}{'cov90':>7}"
+        "  test MSE / persistence"
+    )
+    print(header)
+    results = []
+    for name, make, data in MODELS:
+        r = bench_model(name, make, data, args.bars)
+        results.append(r)
+        ratios = ", ".join(f"{k} {v:.3f}" for k, v in r["ratios"])
+        print(
+            f"{name:<19}{r['fit_s']:>7.1f}{r['epochs']:>4}{r['step_ms_median']:>9.2f}"
+            f"{r['step_ms_mean']:>8.2f}{r['head_step_ms_median']:>8.2f}"
+            f"{r['chunk32_ms_per_bar']:>10.3f}{r['infer_bars_per_s']:>14,.0f}"
+            f"{r['provider_online_s']:>12.1f}{r['provider_offline_s']:>10.1f}{r['coverage']:>7.3f}"
+            f"  {ratios}",
+            flush=True,
+        )
+    base, per_model, joint, n_cols = bench_env_reset(results, args.resets)
+    print(
+        f"MarketTradingEnv reset (BTC sample, window 32, {n_cols} predictor columns): "
+        f"{1e6 * base:.0f} us without blocks; {1e6 * per_model:.0f} us "
+        f"({100 * (per_model / base - 1):+.1f}%) with one block per model; "
+        f"{1e6 * joint:.0f} us ({100 * (joint / base - 1):+.1f}%) with one joint block"
+    )
+    total = sum(r["provider_online_s"] for r in results)
+    print(
+        f"Walk-forward provider, all four models, {args.bars} bars, online: {total:.1f} s once per "
+        "dataset (not per reset)"
+    )
+
+
+if __name__ == "__main__":
+    main()
