@@ -61,7 +61,7 @@ class ArbConfig:
     pool_fees: tuple[float, ...] = (0.0005,)
     pool_tvl: tuple[float, ...] = (5e6,)
     cex_fee: float = 0.0005
-    max_trade_size: float = 50.0
+    max_trade_size: float = 20.0
     dead_zone: float = 0.05
     max_priority_fee_gwei: float = 300.0
     gas_per_swap: float = 110_000.0
@@ -80,6 +80,7 @@ class ArbConfig:
     rebalance_fee_fixed: float = 10.0
     rebalance_delay: int = 50
     inventory_penalty: float = 0.0
+    reward_scale: float = 1.0
     gas_window: int = 8
     base_fee_ref_gwei: float = 20.0
     action_mode: str = "continuous"
@@ -122,6 +123,7 @@ class ArbConfig:
             "rebalance_fee_fixed": self.rebalance_fee_fixed >= 0,
             "rebalance_delay": self.rebalance_delay >= 0,
             "inventory_penalty": self.inventory_penalty >= 0,
+            "reward_scale": self.reward_scale > 0,
             "gas_window": self.gas_window >= 1,
             "base_fee_ref_gwei": self.base_fee_ref_gwei > 0,
         }
@@ -942,7 +944,7 @@ def core_step(
         penalty = cfg.inventory_penalty * dev * p * scen.ewma_vol[n, row]
     else:
         penalty = 0.0
-    reward = profit - penalty
+    reward = (profit - penalty) * cfg.reward_scale
 
     comp_any = np.any(present, axis=1)
     state.last_comp_tip = np.max(cbid, axis=1)

@@ -244,7 +244,8 @@ class ArbitrageEnv(gym.Env):
 
     Realised profit in quote of the block: CEX and pool legs net of LP fees, taker fees and the
     half spread, minus gas (reverts included) and rebalancing fees; minus
-    ``inventory_penalty * sum_v |base_v - base_v0| * price * vol`` when the penalty is set.
+    ``inventory_penalty * sum_v |base_v - base_v0| * price * vol`` when the penalty is set;
+    times ``reward_scale``.
 
     ## Episode End
 
@@ -263,7 +264,8 @@ class ArbitrageEnv(gym.Env):
       ``(0.0005,)``/``(5e6,)`` in ``cex_dex``, ``(0.0005, 0.003)``/``(5e6, 2e6)`` in ``dex_dex``.
     - ``cex_fee``: CEX taker fee (0.0005).
     - ``action_mode``, ``size_levels``, ``bid_levels``, ``size_reference``: see Action Space.
-    - ``max_trade_size``: largest trade in base units (50); ``dead_zone``: 0.05.
+    - ``max_trade_size``: largest trade in base units (20; the 99th percentile of optimal
+      sizes in the default scenario is about 10); ``dead_zone``: 0.05.
     - ``max_priority_fee_gwei``: tip at bid 1.0 (300 gwei).
     - ``gas_per_swap`` (110k per pool leg), ``gas_overhead`` (40k), ``revert_gas`` (45k).
     - ``slippage_tolerance``: revert when the pool moved by more than this (0.2%).
@@ -277,6 +279,8 @@ class ArbitrageEnv(gym.Env):
       ``rebalance_delay``: automatic transfers when a venue's share of a token falls under the
       threshold, restoring the initial split after the delay (steps) for a fee.
     - ``inventory_penalty``: weight of the inventory-risk penalty (0).
+    - ``reward_scale``: multiplies the reward only (``info`` keeps quote units), e.g. 0.01 to
+      give learners rewards of order one (1.0).
     - ``gas_window``: length of ``gas_history`` (8); ``base_fee_ref_gwei``: gas normaliser (20).
     - ``predictor_blocks``: ``{name: array (T, ...)}`` aligned with the rows of ``scenario``.
     - ``flatten``: flat Box observation; ``episode_length``: steps per episode (1000);
