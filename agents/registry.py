@@ -42,6 +42,7 @@ def build_agent(
     device: str = "auto",
     seed: int = 0,
     run_dir: str | Path | None = None,
+    log_interval: int | None = None,
 ) -> Learner:
     """Create a fresh learner for ``env``'s spaces from an agent config node.
 
@@ -51,6 +52,7 @@ def build_agent(
         device: torch device string or ``"auto"``.
         seed: the run's seed, given to the agent's own generators.
         run_dir: the run directory (SB3 writes its TensorBoard files below it).
+        log_interval: env steps between training-scalar logs (our agents); None keeps theirs.
 
     Raises:
         ConfigError: unknown kind or field, bad value, or an action space the agent cannot handle.
@@ -58,6 +60,8 @@ def build_agent(
     kind = _kind(agent_cfg)
     params = _plain(agent_cfg.get("params"))
     params.update(seed=seed, device=device)
+    if log_interval is not None and kind != "sb3":
+        params.setdefault("log_interval", int(log_interval))
     if kind == "sac":
         from agents.sac import SAC, SACConfig
 

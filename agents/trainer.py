@@ -115,7 +115,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     task: Task = build_task(cfg)
     agent: Learner = build_agent(
-        cfg.agent, task.train_env, device=str(device), seed=int(cfg.seed), run_dir=run_dir
+        cfg.agent,
+        task.train_env,
+        device=str(device),
+        seed=int(cfg.seed),
+        run_dir=run_dir,
+        log_interval=int(cfg.log_interval),
     )
     for name, payload in task.artifacts.items():
         atomic_write_text(run_dir / "artifacts" / f"{name}.json", json.dumps(payload, indent=2))
