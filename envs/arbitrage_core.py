@@ -29,7 +29,7 @@ policy can earn in that block, and the tightest we can justify without knowing t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,9 +47,13 @@ __all__ = [
     "StepResult",
     "core_oracle_action",
     "core_step",
+    "decode_actions",
+    "discrete_masks",
     "init_state",
     "observation_blocks",
     "opportunity_table",
+    "quote_limits",
+    "reset_slots",
 ]
 
 
@@ -87,7 +91,6 @@ class ArbConfig:
     size_levels: tuple[float, ...] = (0.5, 1.0)
     bid_levels: tuple[float, ...] = (0.0, 0.1, 0.3)
     size_reference: str = "optimal"
-    pool_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -963,7 +966,7 @@ def core_step(
     cum["rebalance_fees"] += reb_fee
     cum["reward"] += reward
     return StepResult(
-        reward=np.asarray(reward, dtype=np.float64) + np.zeros(nn),
+        reward=np.broadcast_to(np.asarray(reward, dtype=np.float64), (nn,)).copy(),
         profit=profit,
         gas_spent=acc["gas"],
         fees_paid=acc["fees"],

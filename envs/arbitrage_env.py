@@ -247,6 +247,17 @@ class ArbitrageEnv(gym.Env):
     ``inventory_penalty * sum_v |base_v - base_v0| * price * vol`` when the penalty is set;
     times ``reward_scale``.
 
+    ## Info
+
+    Per step: ``profit``, ``gas_spent``, ``fees_paid`` (LP fee + CEX taker fee + half spread),
+    ``reverted``, ``competitor_took`` (competitor trades that came first), ``outbid`` (our
+    transaction lost the priority auction), ``traded``, ``rebalance_fee``, ``oracle_profit``
+    (best trade per pool at the block's start within our constraints, perfect inclusion at the
+    competitor's bid known in hindsight; see ``envs.arbitrage_core``), ``inventory`` (cex base,
+    cex quote, dex base, dex quote), ``in_transit``, ``opportunity_size`` and ``cum_*`` running
+    totals; ``action_mask`` in discrete mode; at the end ``episode`` with total profit, gas,
+    reverts and ``share_of_oracle``.
+
     ## Episode End
 
     ``truncated`` after ``episode_length`` steps; never ``terminated`` (balances cannot go
