@@ -69,7 +69,7 @@ class ObservationFlattener:
         Args:
             obs: an array shaped like the Box (optionally with a leading batch axis), or a
                 mapping with one such array per block. An already-flat ``(dim,)`` or
-                ``(n, dim)`` array is accepted for Dict spaces too.
+                ``(n, dim)`` array is accepted for every space.
 
         Returns:
             ``(flat, batched)``: a C-contiguous float32 array of shape ``(n, dim)`` and whether
@@ -100,13 +100,21 @@ class ObservationFlattener:
                 out[:, self.block_slices[name]] = block.reshape(n, -1)
             return out, batched
         arr = np.asarray(obs, dtype=np.float32)
-        box_shape = self.block_shapes["obs"] if not self.is_dict else (self.dim,)
-        if arr.shape == box_shape or (self.is_dict and arr.shape == (self.dim,)):
-            return np.ascontiguousarray(arr.reshape(1, self.dim)), False
-        if arr.shape[1:] == box_shape and arr.ndim == len(box_shape) + 1:
-            return np.ascontiguousarray(arr.reshape(arr.shape[0], self.dim)), True
+        if not self.is_dict:
+            box_shape = self.block_shapes["obs"]
+            if arr.shape == box_shape:
+                return np.ascontiguousarray(arr.reshape(1, self.dim)), False
+            if arr.ndim == len(box_shape) + 1 and arr.shape[1:] == box_shape:
+                return np.ascontiguousarray(arr.reshape(arr.shape[0], self.dim)), True
+        # Already-flat input, (dim,) or (n, dim): what an agent hands back after flattening.
+        if arr.shape == (self.dim,):
+            return arr.reshape(1, self.dim), False
+        if arr.ndim == 2 and arr.shape[1] == self.dim:
+            return np.ascontiguousarray(arr), True
+        want = self.block_shapes["obs"] if not self.is_dict else "a dict of blocks"
         raise DataError(
-            f"observation: expected shape {box_shape} or (batch, *{box_shape}), got {arr.shape}"
+            f"observation: expected {want} (optionally batched) or a flat ({self.dim},) vector, "
+            f"got an array of shape {arr.shape}"
         )
 
     def flat_names(self) -> list[str]:
