@@ -48,6 +48,20 @@ def test_base_fee_level_and_spikes():
     med = np.median(s.base_fee)
     assert 10 < med < 50  # ~20 gwei by default
     assert s.base_fee.max() > 2.5 * med  # congestion spikes happen
+    p = ScenarioParams()
+    # Congestion is capped: the base fee settles near level * exp(max_congestion) at most.
+    assert s.base_fee.max() < p.base_fee_gwei * np.exp(p.max_congestion) * 1.6
+
+
+def test_fat_tailed_external_path_keeps_gas_bounded():
+    # Hourly-like returns with jumps (t-distributed, 1% scale): relative volatility drives gas.
+    rng = np.random.default_rng(0)
+    rets = 0.01 * rng.standard_t(2.5, 5000)
+    ref = 30_000 * np.exp(np.cumsum(rets))
+    s = generate_scenario(np.random.default_rng(1), 5000, 1, ref_price=ref)
+    p = ScenarioParams()
+    assert 10 < np.median(s.base_fee) < 60
+    assert s.base_fee.max() < p.base_fee_gwei * np.exp(p.max_congestion) * 1.6
 
 
 def test_congestion_correlates_with_volatility():

@@ -67,6 +67,8 @@ class ScenarioParams:
         spike_size: mean log jump of demand in a spike (e.g. 1.2 = about 3.3x the base fee).
         spike_decay: per-block persistence of congestion.
         jump_congestion: extra demand per unit of |return| beyond 3 sigma (price-jump rushes).
+        max_congestion: cap on the log demand above its level (3.0: about 20x the base fee,
+            the order of the largest mainnet spikes, e.g. 20 gwei -> 400+ gwei).
         noise_rate: expected noise-trader swaps per block and pool.
         noise_size: median noise swap as a fraction of the pool's X reserve.
         noise_size_sigma: log-normal dispersion of noise swap sizes.
@@ -90,6 +92,7 @@ class ScenarioParams:
     spike_size: float = 1.2
     spike_decay: float = 0.97
     jump_congestion: float = 0.3
+    max_congestion: float = 3.0
     noise_rate: float = 1.0
     noise_size: float = 0.001
     noise_size_sigma: float = 1.0
@@ -263,6 +266,7 @@ def generate_gas(
     spike = rng.random(n) < np.minimum(p.spike_rate * vol_ratio, 1.0)
     spike_mag = rng.exponential(p.spike_size, n) * spike
     jumps = p.jump_congestion * np.maximum(np.abs(log_returns) / p.vol_per_block - 3.0, 0.0)
+    jumps = np.minimum(jumps, p.spike_size)  # one price jump is at most a typical spike
     shocks = spike_mag + jumps
     u_noise = rng.standard_normal(n) * p.utilization_noise
     level = math.log(p.base_fee_gwei)
@@ -272,7 +276,7 @@ def generate_gas(
     c = 0.0
     floor = p.min_base_fee_gwei
     for t in range(n):  # EIP-1559 is a recursion on the previous block: inherently sequential
-        c = p.spike_decay * c + float(shocks[t])
+        c = min(p.spike_decay * c + float(shocks[t]), p.max_congestion)
         u = 0.5 + p.demand_elasticity * (level + c - math.log(b)) + float(u_noise[t])
         u = min(max(u, 0.0), 1.0)
         base[t] = b
@@ -316,7 +320,9 @@ def generate_scenario(
         n_pools: number of AMM pools ``K``.
         params: scenario parameters; ETH/USDC-like defaults.
         ref_price: optional ``(T,)`` reference price path (e.g. a dataset's close) used instead
-            of the GBM; its volatility is estimated causally (EWMA of squared log returns).
+            of the GBM, one row per block; its volatility is estimated causally (EWMA of squared
+            log returns) and gas, spreads and flows follow its volatility relative to the
+            path's own long-run level (so hourly bars do not read as a permanent crisis).
 
     Returns:
         A validated :class:`DefiScenario`.
@@ -340,15 +346,26 @@ def generate_scenario(
         if np.any(~np.isfinite(price) | (price <= 0)):
             raise DataError("generate_scenario: ref_price must be finite and > 0")
         rets = np.diff(np.log(price), append=np.log(price[-1]))
-        # Causal EWMA variance (uses returns up to t-1 for block t).
-        var = np.empty(n_steps)
-        v = p.vol_per_block**2
+        # Causal EWMA variances (returns up to t-1 for block t): a short one for the current
+        # level and a long one as the path's own normal level, so a path sampled hourly (not per
+        # block) drives gas and flows by its *relative* volatility, not by its bar size.
+        var_s = np.empty(n_steps)
+        var_l = np.empty(n_steps)
+        first = float(np.mean(rets[: min(24, n_steps - 1)] ** 2)) or p.vol_per_block**2
+        vs = vl = first
         for t in range(n_steps):
-            var[t] = v
-            v = 0.97 * v + 0.03 * rets[t] ** 2
-        vol = np.sqrt(var)
-    base, util = generate_gas(rng, vol, rets, p)
-    vol_ratio = vol / p.vol_per_block
+            var_s[t], var_l[t] = vs, vl
+            r2 = float(rets[t]) ** 2
+            vs = 0.97 * vs + 0.03 * r2
+            vl = 0.999 * vl + 0.001 * r2
+        vol = np.sqrt(var_s)
+        scale = p.vol_per_block / np.sqrt(np.maximum(var_l, 1e-30))
+        base, util = generate_gas(rng, vol * scale, rets * scale, p)
+    if ref_price is None:
+        base, util = generate_gas(rng, vol, rets, p)
+        vol_ratio = vol / p.vol_per_block
+    else:
+        vol_ratio = vol * scale / p.vol_per_block
     spread = np.clip(p.spread_bps * 1e-4 * np.sqrt(vol_ratio), 0.0, 0.05)
 
     # Noise flow: Poisson count of swaps with random sign and log-normal size; heavier when
