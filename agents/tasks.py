@@ -47,6 +47,8 @@ class Task:
         eval_seed: base seed of validation episodes.
         test_seed: base seed of test episodes.
         table_columns: metrics shown in the final table (None: all).
+        baseline_env: env the baselines run on when they need another action mode than the
+            agent's (same market paths for the same seeds); None: ``test_env``.
     """
 
     train_env: gym.Env
@@ -58,6 +60,7 @@ class Task:
     eval_seed: int = 10_000
     test_seed: int = 20_000
     table_columns: list[str] | None = None
+    baseline_env: gym.Env | None = None
 
 
 def _plain(node: Any) -> dict[str, Any]:
@@ -201,4 +204,44 @@ def build_task(cfg: DictConfig) -> Task:
 
 
 def _arbitrage_task(cfg: DictConfig) -> Task:
-    raise ConfigError("env.kind='arbitrage' is not wired yet")
+    from envs.arbitrage_baselines import make_baseline
+
+    kwargs = _plain(cfg.env.get("kwargs"))
+    _action_mode(cfg, kwargs)
+    env_id = str(cfg.env.id)
+    # Every episode is a fresh scenario drawn from the env's seeded RNG: training episodes follow
+    # the run's seed, validation and test episodes use disjoint seed ranges (held-out paths).
+    train_env = gym.make(env_id, **kwargs)
+    eval_kwargs = dict(kwargs, episode_length=cfg.env.get("eval_episode_length") or None)
+    if eval_kwargs["episode_length"] is None:
+        eval_kwargs.pop("episode_length")
+    val_env = gym.make(env_id, **eval_kwargs)
+    test_env = gym.make(env_id, **eval_kwargs)
+    # The oracle and the threshold rule act in the continuous mode; on the same seeds they see
+    # the same market paths as the agent's (possibly discrete) test env.
+    baseline_env = (
+        test_env
+        if test_env.unwrapped.cfg.action_mode == "continuous"
+        else gym.make(env_id, **dict(eval_kwargs, action_mode="continuous"))
+    )
+
+    def baseline(name: str) -> Callable[[gym.Env], Policy]:
+        return lambda _env: make_baseline(name)
+
+    return Task(
+        train_env=train_env,
+        val_env=val_env,
+        test_env=test_env,
+        baselines={name: baseline(name) for name in ("oracle", "threshold", "noop", "random")},
+        score_key="total_profit",
+        baseline_env=baseline_env,
+        table_columns=[
+            "mean_reward",
+            "total_profit",
+            "share_of_oracle",
+            "gas_spent",
+            "reverts",
+            "competitor_took",
+            "trades",
+        ],
+    )

@@ -189,8 +189,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     rows[f"{cfg.agent.name} (best val)"] = evaluate_policy(
         lambda obs, _env: best_agent.act(obs, deterministic=True), task.test_env, n_test, test_seed
     )
+    baseline_env = task.baseline_env or task.test_env
     for name, make_policy in task.baselines.items():
-        rows[name] = evaluate_policy(make_policy(task.test_env), task.test_env, n_test, test_seed)
+        rows[name] = evaluate_policy(make_policy(baseline_env), baseline_env, n_test, test_seed)
     for name, metrics in rows.items():
         for key, value in metrics.items():
             writer.add_scalar(f"test/{name.split(' ')[0]}_{key}", value, agent.num_timesteps)
