@@ -89,7 +89,7 @@ class ArbConfig:
     base_fee_ref_gwei: float = 20.0
     action_mode: str = "continuous"
     size_levels: tuple[float, ...] = (0.5, 1.0)
-    bid_levels: tuple[float, ...] = (0.0, 0.1, 0.3)
+    bid_levels: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5)
     size_reference: str = "optimal"
 
     def __post_init__(self) -> None:

@@ -274,7 +274,9 @@ class ArbitrageEnv(gym.Env):
     - ``pool_fees``, ``pool_tvl``: LP fee and initial value locked (quote) per pool; defaults
       ``(0.0005,)``/``(5e6,)`` in ``cex_dex``, ``(0.0005, 0.003)``/``(5e6, 2e6)`` in ``dex_dex``.
     - ``cex_fee``: CEX taker fee (0.0005).
-    - ``action_mode``, ``size_levels``, ``bid_levels``, ``size_reference``: see Action Space.
+    - ``action_mode``, ``size_levels`` (0.5, 1.0), ``bid_levels`` (0, 0.1, 0.25, 0.5: competitor
+      bids scale with the opportunity, so a ladder of bids matters), ``size_reference``
+      ("optimal"): see Action Space.
     - ``max_trade_size``: largest trade in base units (20; the 99th percentile of optimal
       sizes in the default scenario is about 10); ``dead_zone``: 0.05.
     - ``max_priority_fee_gwei``: tip at bid 1.0 (300 gwei).
