@@ -124,6 +124,8 @@ class WindowModelPredictor(Predictor):
         self.target_names: list[str] = []
         self.feature_scaler = StandardScaler()
         self.metrics: dict[str, float] = {}
+        # Epoch index while ``fit`` trains (None otherwise), for schedules such as KL annealing.
+        self._fit_epoch: int | None = None
         # JSON-ready values fitted on the training data besides the scaler (thresholds, classes).
         self.state: dict[str, Any] = {}
         self._reset_online()
@@ -325,6 +327,7 @@ class WindowModelPredictor(Predictor):
             best_loss, best_state, best_epoch, epochs, bad = math.inf, None, 0, 0, 0
             train_loss = math.nan
             for epoch in range(c.max_epochs):
+                self._fit_epoch = epoch
                 self.net.train()
                 order = rng.permutation(len(i_train))
                 losses = []
@@ -343,6 +346,7 @@ class WindowModelPredictor(Predictor):
                     break
                 if c.max_fit_seconds > 0 and time.perf_counter() - t0 > c.max_fit_seconds:
                     break
+            self._fit_epoch = None
             if best_state is None:
                 raise DataError(f"predictor {self.kind!r}: validation loss is not finite")
             self.net.load_state_dict(best_state)
