@@ -154,7 +154,7 @@ class SquashedGaussianActor(nn.Module):
         generator: torch.Generator | None = None,
         deterministic: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return ``(action in [-1, 1], log pi(action | obs))``; log-prob is None if deterministic."""
+        """Return ``(action in [-1, 1], log pi(action | obs))``; no log-prob if deterministic."""
         mean, log_std = self.net(obs).chunk(2, dim=-1)
         if deterministic:
             return torch.tanh(mean), None

@@ -3,6 +3,7 @@ determinism, logging, and learning a tiny 1-D target-tracking task."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -15,6 +16,16 @@ from gymnasium import spaces
 from agents.checkpoint import CheckpointError
 from agents.sac import SAC, SACConfig, SquashedGaussianActor
 from envs.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny networks on a shared CPU: one intra-op thread avoids oversubscription stalls.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 SMALL = {"net_arch": [32, 32], "batch_size": 32, "learning_starts": 50, "log_interval": 50}
 
@@ -118,7 +129,7 @@ def test_squashed_log_prob_is_the_sampling_density_monte_carlo() -> None:
     a = action[:, 0].double().numpy()
     inv_density = np.exp(-log_prob.double().numpy())
     edges = np.linspace(-0.95, 0.95, 20)
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         estimate = np.mean(((a >= lo) & (a < hi)) * inv_density)
         assert abs(estimate - (hi - lo)) / (hi - lo) < 0.05, (lo, hi, estimate)
     total = np.mean((np.abs(a) < 0.95) * inv_density)
@@ -209,7 +220,7 @@ def test_same_seed_same_result_different_seed_differs() -> None:
     for seed in (3, 3, 4):
         env = TargetTrackingEnv()
         agent = _agent(env, seed=seed)
-        agent.learn(env, 300)
+        agent.learn(env, 200)
         runs.append(_params(agent))
     assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2], strict=True))
@@ -297,17 +308,17 @@ def test_config_errors() -> None:
 
 
 def test_learns_target_tracking() -> None:
-    # Random actions drift away from the target (return around -25); moving towards it at full
-    # speed gives about -2. A learned policy should be far closer to the latter.
-    torch.manual_seed(0)
+    # Uniform random actions drift away from the target (return about -26); standing still
+    # gives about -20; moving towards the target at full speed gives about -1.5. In trial runs
+    # SAC reached -1.5 to -2.5 within 750-1000 steps on several seeds, so -5 separates a learned
+    # policy from an unlearned one with a wide margin on both sides.
     env = TargetTrackingEnv()
-    agent = _agent(env, net_arch=[64, 64], batch_size=64, learning_rate=1e-3, gamma=0.9)
+    agent = _agent(env, learning_rate=1e-3, gamma=0.9)
     random_return = _evaluate_random()
-    before = _evaluate(agent)
-    agent.learn(env, 3000)
+    agent.learn(env, 1000)
     after = _evaluate(agent)
     assert random_return < -15.0
-    assert after > -6.0, (random_return, before, after)
+    assert after > -5.0, (random_return, after)
 
 
 def _evaluate_random(episodes: int = 20) -> float:
