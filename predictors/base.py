@@ -228,7 +228,12 @@ def _import_models() -> None:
     """Import the modules that register the built-in kinds (idempotent, lazy: no import cycle)."""
     import importlib
 
-    for module in ("predictors.online_lstm", "predictors.gas", "predictors.liquidity"):
+    for module in (
+        "predictors.online_lstm",
+        "predictors.gas",
+        "predictors.liquidity",
+        *("predictors.transformer", "predictors.attention", "predictors.vae", "predictors.regimes"),
+    ):
         importlib.import_module(module)
 
 

@@ -109,6 +109,10 @@ class ForecasterConfig:
     """Weight of the newest sample in the exponential averages of ``stats()``."""
     degrade_factor: float = 2.0
     """``stats().degraded`` when the online squared-error average exceeds this x validation MSE."""
+    anchor_features: tuple[str, ...] = ()
+    """Per target column, a feature holding that target's current value (or ``""``): the net
+    then forecasts the change from it, ``y[t+h] - feature[t]``, so persistence is its starting
+    point (useful for near-random-walk series such as the gas base fee). Empty: no anchors."""
     inference_batch: int = 8192
     """Windows per forward pass in batched inference."""
     seed: int = 0
@@ -224,6 +228,35 @@ class GaussianForecaster(Predictor):
     def _check_names(self) -> None:
         """Subclasses check that the features they rely on are present (after names are set)."""
 
+    def _resolve_anchors(self) -> None:
+        """Map ``anchor_features`` to feature indices (None: no anchor for that target)."""
+        anchors = tuple(self.config.anchor_features)
+        self._anchor_index: list[int | None] = [None] * len(self.target_names)
+        if not anchors:
+            return
+        if len(anchors) != len(self.target_names):
+            raise ConfigError(
+                f"predictor {self.kind!r}: {len(anchors)} anchor_features for "
+                f"{len(self.target_names)} targets {self.target_names}"
+            )
+        for k, name in enumerate(anchors):
+            if name:
+                if name not in self.feature_names:
+                    raise DataError(
+                        f"predictor {self.kind!r}: anchor feature {name!r} not among the "
+                        f"features {self.feature_names}"
+                    )
+                self._anchor_index[k] = self.feature_names.index(name)
+
+    def _anchor(self, last_raw: np.ndarray) -> np.ndarray:
+        """``(B, O)`` offsets in data units from the last bar's raw features (0 without anchor)."""
+        cols = [
+            last_raw[:, j] if j is not None else np.zeros(len(last_raw))
+            for j in getattr(self, "_anchor_index", [None] * len(self.target_names))
+        ]
+        one_horizon = np.stack(cols, axis=1) if cols else np.zeros((len(last_raw), 0))
+        return np.tile(one_horizon, (1, len(self.config.horizons)))
+
     # --- data handling ------------------------------------------------------------------------
     def _validated(self, data: SeriesData, what: str) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(data, tuple) or len(data) != 2:
@@ -295,6 +328,7 @@ class GaussianForecaster(Predictor):
             self.target_names = names_or_default(target_names, n_k, "y", "target_names")
         feats, targs = self._validated(train, "train")
         self._check_names()
+        self._resolve_anchors()
         if val is None:
             split = round(len(feats) * (1.0 - self.config.val_fraction))
             train_rows = sample_rows(len(feats), self.window, self.target_delay, 0, split)
@@ -311,7 +345,7 @@ class GaussianForecaster(Predictor):
             train_rows = sample_rows(len(feats), self.window, self.target_delay)
             val_rows = sample_rows(len(val_feats), self.window, self.target_delay)
             scaler_rows = slice(0, len(feats))
-        min_train = max(2 * self.config.batch_size // 4, 8)
+        min_train = 8
         if len(train_rows) < min_train or len(val_rows) < 2:
             raise DataError(
                 f"train: {len(train_rows)} training and {len(val_rows)} validation samples with "
@@ -320,13 +354,16 @@ class GaussianForecaster(Predictor):
             )
 
         self.feature_scaler = StandardScaler().fit(feats[scaler_rows], "train features")
-        train_y = horizon_targets(targs, train_rows, self.config.horizons)
+        train_y = horizon_targets(targs, train_rows, self.config.horizons) - self._anchor(
+            feats[train_rows]
+        )
         self.target_scaler = StandardScaler().fit(train_y, "train targets")
         x_train = window_view(self.feature_scaler.transform(feats), self.window)
         x_val = window_view(self.feature_scaler.transform(val_feats), self.window)
         y_train = self.target_scaler.transform(train_y)
         y_val = self.target_scaler.transform(
             horizon_targets(val_targs, val_rows, self.config.horizons)
+            - self._anchor(val_feats[val_rows])
         )
         i_train = train_rows - (self.window - 1)
         i_val = val_rows - (self.window - 1)
@@ -366,7 +403,11 @@ class GaussianForecaster(Predictor):
                     break
                 if c.max_fit_seconds > 0 and time.perf_counter() - t0 > c.max_fit_seconds:
                     break
-            assert best_state is not None  # at least one epoch ran and val_loss is finite
+            if best_state is None:
+                raise DataError(
+                    f"predictor {self.kind!r}: validation loss is not finite ({val_loss}); "
+                    "check the data scale or lower lr"
+                )
             self.net.load_state_dict(best_state)
             self.net.eval()
 
@@ -515,8 +556,11 @@ class GaussianForecaster(Predictor):
                 f"({self.output_names})"
             )
         x = self.feature_scaler.transform(windows)
-        y = self.target_scaler.transform(targets)
+        y = self.target_scaler.transform(targets - self._anchor(windows[:, -1]))
         w = self._sample_weights(x[:, -1])
+        if len(x) > c.online_batch:  # older samples beyond online_batch: scored, not trained on
+            m_old, v_old = self._forward_batched(x[: -c.online_batch])
+            self._score(m_old, v_old, y[: -c.online_batch])
         # Learn from the newest samples plus a replay draw of older ones. The replay draw comes
         # first from the buffer as it was, then the new samples join the buffer.
         x_new, y_new, w_new = x[-c.online_batch :], y[-c.online_batch :], w[-c.online_batch :]
@@ -542,14 +586,18 @@ class GaussianForecaster(Predictor):
         # Score the new samples with the forward pass of this step, i.e. with the weights as
         # they were before learning from them (with dropout > 0 that pass is stochastic).
         self._score(mean[:n_new].cpu().numpy(), var[:n_new].cpu().numpy(), y[-n_new:])
-        if n_new < len(x):  # samples beyond online_batch are scored without a gradient pass
-            m_old, v_old = self._forward_batched(x[:-n_new])
-            self._score(m_old, v_old, y[:-n_new])
         self._stats.updates += 1
         return loss
 
     def _make_online_optimizer(self) -> torch.optim.Optimizer:
         assert self.net is not None
+        if self.config.online_scope == "head" and not all(
+            hasattr(self.net, attr) for attr in ("encode", "decode", "head")
+        ):
+            raise ConfigError(
+                f"predictor {self.kind!r}: online_scope 'head' needs a network with encode, "
+                f"decode and head; {type(self.net).__name__} has not"
+            )
         params = self.net.head if self.config.online_scope == "head" else self.net
         return torch.optim.Adam(params.parameters(), lr=self.config.online_lr, foreach=True)
 
@@ -608,15 +656,13 @@ class GaussianForecaster(Predictor):
         """
         if self.net is None:
             raise DataError(f"predictor {self.kind!r}: predict called before fit or load")
-        x = self.feature_scaler.transform(
-            as_window_batch(window, len(self.feature_names), self.window)
-        )
-        mean, var = self._forward_batched(x)
-        return self._unscale(mean, var)
+        raw = as_window_batch(window, len(self.feature_names), self.window)
+        mean, var = self._forward_batched(self.feature_scaler.transform(raw))
+        return self._unscale(mean, var, raw[:, -1])
 
-    def _unscale(self, mean: np.ndarray, var: np.ndarray) -> Prediction:
+    def _unscale(self, mean: np.ndarray, var: np.ndarray, last_raw: np.ndarray) -> Prediction:
         return Prediction(
-            self.target_scaler.inverse_mean(mean).astype(np.float32),
+            (self.target_scaler.inverse_mean(mean) + self._anchor(last_raw)).astype(np.float32),
             self.target_scaler.inverse_std(np.sqrt(var)).astype(np.float32),
         )
 
@@ -641,7 +687,7 @@ class GaussianForecaster(Predictor):
         check_finite(part, "features", self.feature_names)
         x = window_view(self.feature_scaler.transform(part), self.window)[rows - int(rows.min())]
         mean, var = self._forward_batched(x)
-        pred = self._unscale(mean, var)
+        pred = self._unscale(mean, var, feats[rows])
         return np.concatenate([pred.mean, pred.std], axis=1)
 
     # --- persistence ----------------------------------------------------------------------------
@@ -659,12 +705,12 @@ class GaussianForecaster(Predictor):
                 "features": self.feature_scaler.to_dict(),
                 "targets": self.target_scaler.to_dict(),
             },
-            "metrics": dict(self.metrics),
+            "metrics": {k: finite_or_none(v) for k, v in self.metrics.items()},
             "online": {
                 "updates": self._stats.updates,
                 "samples_seen": self._stats.samples_seen,
-                "loss_mean": self._stats.loss_mean,
-                "coverage_90": self._stats.coverage_90,
+                "loss_mean": finite_or_none(self._stats.loss_mean),
+                "coverage_90": finite_or_none(self._stats.coverage_90),
             },
             "timestamp": utc_timestamp(),
         }
@@ -701,8 +747,9 @@ class GaussianForecaster(Predictor):
         obj.target_names = list(meta["target_names"])
         obj.feature_scaler = StandardScaler.from_dict(meta["scaler"]["features"])
         obj.target_scaler = StandardScaler.from_dict(meta["scaler"]["targets"])
-        obj.metrics = {k: float(v) for k, v in meta["metrics"].items()}
+        obj.metrics = {k: math.nan if v is None else float(v) for k, v in meta["metrics"].items()}
         obj._check_names()
+        obj._resolve_anchors()
         obj.net = obj._build_net()
         path = directory / WEIGHTS_FILE
         if not path.is_file():
@@ -715,3 +762,9 @@ class GaussianForecaster(Predictor):
             obj._online_opt = obj._make_online_optimizer()
             obj._online_opt.load_state_dict(state["online_optimizer"])
         return obj
+
+
+def finite_or_none(value: float) -> float | None:
+    """A float for JSON, with NaN and infinities as ``null`` (strict JSON has no NaN)."""
+    value = float(value)
+    return value if math.isfinite(value) else None

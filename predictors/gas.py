@@ -40,6 +40,9 @@ class GasConfig(ForecasterConfig):
     """Weights are clipped to ``[1 / max, max]`` so one extreme spike cannot dominate a batch."""
     price_feature: str = "log_base_fee"
     """Feature column holding the log fee, used for the weights."""
+    anchor_features: tuple[str, ...] = ("log_base_fee", "realised_vol")
+    """Forecast changes from the current log fee and volatility (the base fee is close to a
+    random walk between congestion episodes, so persistence is the right starting point)."""
 
 
 def gas_features(

@@ -34,6 +34,8 @@ class LiquidityConfig(ForecasterConfig):
     """Size in X of the reference trade whose price impact is forecast."""
     feature_window: int = 12
     """Bars of the rolling means / volatilities in the features."""
+    anchor_features: tuple[str, ...] = ("log_liquidity", "log_volume", "impact_bps")
+    """Forecast changes from the current liquidity, volume and impact."""
 
 
 def liquidity_features(

@@ -66,7 +66,7 @@ def write_metadata(directory: str | Path, metadata: dict[str, Any]) -> Path:
     if missing:
         raise DataError(f"predictor metadata: missing keys {missing}")
     path = Path(directory) / METADATA_FILE
-    text = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=True)
+    text = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False)
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
     return path
 

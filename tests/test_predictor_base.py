@@ -66,6 +66,30 @@ def test_config_errors_name_the_field():
         build_predictor("liquidity", component_weights=[-1.0, 1.0, 1.0])
 
 
+def test_anchor_features_are_checked():
+    feats, targs = ar_data()
+    with pytest.raises(ConfigError, match="2 anchor_features for 1 targets"):
+        OnlineLSTM(anchor_features=("x", "abs_x"), **TINY).fit(
+            (feats, targs), feature_names=["x", "abs_x"]
+        )
+    with pytest.raises(DataError, match="anchor feature 'level' not among"):
+        OnlineLSTM(anchor_features=("level",), **TINY).fit(
+            (feats, targs), feature_names=["x", "abs_x"]
+        )
+    model = OnlineLSTM(anchor_features=("x",), **TINY)
+    model.fit((feats, targs), feature_names=["x", "abs_x"])
+    # The net forecasts y[t+1] - x[t]; the returned mean adds x[t] back.
+    rows = np.arange(10, 20)
+    raw_mean = model.target_scaler.inverse_mean(
+        model._forward_batched(
+            np.stack([model.feature_scaler.transform(feats[t - 5 : t + 1]) for t in rows])
+        )[0]
+    )
+    np.testing.assert_allclose(
+        model.predict_block(feats, rows)[:, 0], raw_mean[:, 0] + feats[rows, 0], rtol=1e-5
+    )
+
+
 def test_json_lists_become_tuples():
     model = build_predictor("lstm", horizons=[1, 5])
     assert model.config.horizons == (1, 5)
@@ -97,7 +121,7 @@ def test_bad_input_is_a_clear_data_error():
     with pytest.raises(DataError, match="features have 600 rows but targets have 599"):
         OnlineLSTM(**TINY).fit((feats, targs[:-1]))
     with pytest.raises(DataError, match="give more bars"):
-        OnlineLSTM(**TINY).fit((feats[:20], targs[:20]))
+        OnlineLSTM(**TINY).fit((feats[:12], targs[:12]))
     with pytest.raises(DataError, match="before fit"):
         OnlineLSTM(**TINY).predict(feats[:6])
     model = OnlineLSTM(**TINY)
