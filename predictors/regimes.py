@@ -367,7 +367,7 @@ class RuleRegimeDetector(Predictor):
                 "block_columns": self.block_columns(),
                 "scaler": {},
                 "state": {"vol_reference": self.vol_reference},
-                "metrics": self.metrics,
+                "metrics": {k: v if math.isfinite(v) else None for k, v in self.metrics.items()},
                 "timestamp": utc_timestamp(),
             },
         )
@@ -381,7 +381,7 @@ class RuleRegimeDetector(Predictor):
         obj = cls(**meta["config"])
         obj.feature_names = list(meta["feature_names"])
         obj.vol_reference = float(meta["state"]["vol_reference"])
-        obj.metrics = {k: float(v) for k, v in meta["metrics"].items()}
+        obj.metrics = {k: math.nan if v is None else float(v) for k, v in meta["metrics"].items()}
         obj._cols()
         return obj
 

@@ -532,11 +532,11 @@ class WindowModelPredictor(Predictor):
             "block_columns": self.block_columns(),
             "scaler": {"features": self.feature_scaler.to_dict()},
             "state": self.state,
-            "metrics": dict(self.metrics),
+            "metrics": {k: _finite_or_none(v) for k, v in self.metrics.items()},
             "online": {
                 "updates": self._stats.updates,
                 "samples_seen": self._stats.samples_seen,
-                "loss_mean": self._stats.loss_mean,
+                "loss_mean": _finite_or_none(self._stats.loss_mean),
             },
             "timestamp": utc_timestamp(),
         }
@@ -574,7 +574,7 @@ class WindowModelPredictor(Predictor):
         obj.target_names = list(meta.get("target_names", []))
         obj.feature_scaler = StandardScaler.from_dict(meta["scaler"]["features"])
         obj.state = dict(meta.get("state", {}))
-        obj.metrics = {k: float(v) for k, v in meta["metrics"].items()}
+        obj.metrics = {k: math.nan if v is None else float(v) for k, v in meta["metrics"].items()}
         obj._check_names()
         obj.net = obj._build_net().to(obj.device)
         path = directory / WEIGHTS_FILE
@@ -588,6 +588,12 @@ class WindowModelPredictor(Predictor):
             obj._online_opt = obj._make_online_optimizer()
             obj._online_opt.load_state_dict(state["online_optimizer"])
         return obj
+
+
+def _finite_or_none(value: float) -> float | None:
+    """A float for strict JSON: NaN and infinities become ``null``."""
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 @dataclass
