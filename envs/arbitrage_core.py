@@ -634,6 +634,8 @@ def _exec_competitor_pair(cfg, x, y, mask):
 
 def _exec_agent_cex(cfg, st, k, size, lim, mask, p_bid, p_ask, p_mid, gas_ok, gas_rev, acc):
     """Agent's CEX-DEX transaction on pool ``k`` where ``mask``; reverts pay ``gas_rev``."""
+    # Not sent when the DEX account cannot pay its gas (earlier slots of this block paid some).
+    mask = mask & (st.bal[:, 3] >= np.maximum(gas_ok, gas_rev))
     if not mask.any():
         return
     f = cfg.pool_fees[k]
@@ -670,6 +672,7 @@ def _exec_agent_cex(cfg, st, k, size, lim, mask, p_bid, p_ask, p_mid, gas_ok, ga
 
 def _exec_agent_pair(cfg, st, size, lim_in, lim_out, mask, p_mid, gas_ok, gas_rev, acc):
     """Agent's atomic DEX-DEX route where ``mask``: both legs or neither."""
+    mask = mask & (st.bal[:, 3] >= np.maximum(gas_ok, gas_rev))
     if not mask.any():
         return
     f0, f1 = cfg.pool_fees

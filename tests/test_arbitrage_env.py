@@ -165,13 +165,13 @@ def test_no_look_ahead(latency):
 def test_inventory_never_negative_under_random_trading(mode):
     env = ArbitrageEnv(
         mode=mode,
-        episode_length=400,
+        episode_length=250,
         initial_balances=(3.0, 5_000.0, 2.0, 4_000.0),
         rebalance_delay=5,
     )
     env.reset(seed=5)
     rng = np.random.default_rng(0)
-    for _ in range(400):
+    for _ in range(250):
         a = np.array([rng.uniform(-1, 1), rng.uniform(0, 1)], np.float32)
         _, _, _, trunc, info = env.step(a)
         assert np.all(info["inventory"] >= -1e-9), info["inventory"]
@@ -190,9 +190,10 @@ def test_reverts_cost_gas_and_move_nothing():
     seen = 0
     for _ in range(400):
         a = pol(_batch(obs), env)[0]
-        shadow = copy.deepcopy(env)
+        shadow = copy.deepcopy(env) if a[0] != 0 else None
         obs, r, _, trunc, info = env.step(a)
-        shadow.step(np.zeros(2, np.float32))
+        if shadow is not None:
+            shadow.step(np.zeros(2, np.float32))
         if info["reverted"] > 0:
             seen += 1
             s, t = env.state, shadow.state
@@ -203,7 +204,7 @@ def test_reverts_cost_gas_and_move_nothing():
             np.testing.assert_allclose(diff[:3], 0.0, atol=1e-9)
             assert diff[3] == pytest.approx(info["gas_spent"], abs=1e-8)
             assert r == pytest.approx(-info["gas_spent"], rel=1e-12)
-        if trunc:
+        if trunc or seen >= 5:
             break
     assert seen >= 3
 
@@ -213,10 +214,10 @@ def test_step_profit_never_exceeds_oracle():
         ("continuous", ThresholdPolicy(0.0, 0.5)),
         ("discrete", ThresholdPolicy(0.0, 0.3)),
     ):
-        env = ArbitrageEnv(action_mode=action_mode, episode_length=300)
+        env = ArbitrageEnv(action_mode=action_mode, episode_length=200)
         obs, _ = env.reset(seed=4)
         rng = np.random.default_rng(1)
-        for i in range(300):
+        for i in range(200):
             a = pol(_batch(obs), env)[0] if i % 2 else env.action_space.sample()
             if action_mode == "continuous" and i % 2 == 0:
                 a = np.array([rng.uniform(-0.3, 0.3), rng.uniform(0, 1)], np.float32)
@@ -381,3 +382,20 @@ def test_reference_price_from_dataset():
         env.step(env.oracle_action())
     with pytest.raises(ConfigError, match="bars"):
         ArbitrageEnv(dataset=ds, episode_length=1000)
+
+
+def test_several_pools_cex_dex_keep_balances_non_negative():
+    env = ArbitrageEnv(
+        pool_fees=(0.0005, 0.003, 0.01),
+        pool_tvl=(5e6, 2e6, 5e5),
+        initial_balances=(2.0, 3_000.0, 2.0, 60.0),
+        episode_length=200,
+    )
+    assert env.action_space.shape == (4,)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = np.concatenate([rng.uniform(-1, 1, 3), rng.uniform(0, 1, 1)]).astype(np.float32)
+        _, _, _, _, info = env.step(a)
+        assert np.all(info["inventory"] >= -1e-9), info["inventory"]
+        assert info["profit"] <= info["oracle_profit"] + 1e-6
