@@ -138,8 +138,19 @@ class Predictor(abc.ABC):
 
     # --- learning -------------------------------------------------------------------------
     @abc.abstractmethod
-    def fit(self, train: SeriesData, val: SeriesData | None = None) -> dict[str, float]:
-        """Fit from scratch on ``train`` with early stopping on ``val``; return training metrics."""
+    def fit(
+        self,
+        train: SeriesData,
+        val: SeriesData | None = None,
+        *,
+        feature_names: Sequence[str] | None = None,
+        target_names: Sequence[str] | None = None,
+    ) -> dict[str, float]:
+        """Fit from scratch on ``train`` with early stopping on ``val``; return training metrics.
+
+        ``feature_names`` / ``target_names`` name the columns (stored in the metadata); the
+        walk-forward provider passes them through.
+        """
 
     @abc.abstractmethod
     def update(self, batch: SampleBatch) -> float:
