@@ -333,3 +333,15 @@ def _evaluate_random(episodes: int = 20) -> float:
             total += reward
             done = terminated or truncated
     return total / episodes
+
+
+@pytest.mark.slow
+def test_compile_flag_trains_and_round_trips(tmp_path: Path) -> None:
+    # torch.compile needs a C++ toolchain and takes a while on a CPU: slow, opt-in.
+    env = TargetTrackingEnv()
+    agent = _agent(env, compile=True)
+    agent.learn(env, 120)
+    agent.save(tmp_path / "p.pt")
+    loaded = SAC.load(tmp_path / "p.pt", device="cpu")  # saved config has compile=True too
+    obs = np.linspace(-2, 2, 16, dtype=np.float32)[:, None]
+    np.testing.assert_allclose(agent.act(obs), loaded.act(obs), atol=1e-6)
