@@ -27,10 +27,8 @@ from envs.market_core import (
     CoreState,
     MarketArrays,
     build_market_arrays,
-    initial_state,
-    portfolio_block,
-    step_core,
 )
+from envs.market_fast import ScalarActions, ScalarCore, ScalarState
 from envs.metrics import episode_metrics
 from envs.observation import BlockSpec, ObservationBuilder
 from envs.rewards import Reward, RewardContext, make_reward
@@ -429,7 +427,18 @@ class MarketTradingEnv(gym.Env):
         self.setup = build_market_setup(**kwargs)
         self.action_space = self.setup.action_space
         self.observation_space = self.setup.builder.observation_space
-        self._state: CoreState | None = None
+        setup = self.setup
+        # The step runs on Python floats (envs.market_fast), pinned bit for bit to the batched
+        # step_core by tests/test_market_fast.py; NumPy per-call overhead would dominate B = 1.
+        self._core = ScalarCore(setup.arrays, setup.params, setup.reward)
+        self._actions = ScalarActions(
+            setup.action_mode,
+            setup.positions,
+            setup.params.execution,
+            setup.action_space.shape,
+            setup.arrays.n_assets,
+        )
+        self._scalar: ScalarState | None = None
         self._equity: list[float] = []
         self._fills: list[tuple[int, int]] = []  # (bar, +1 buy / -1 sell) for rendering
         self._start = 0
@@ -453,8 +462,8 @@ class MarketTradingEnv(gym.Env):
 
     @property
     def state(self) -> CoreState | None:
-        """The current batched core state (``B = 1``), read-only by convention."""
-        return self._state
+        """A snapshot of the current state as a batched :class:`CoreState` (``B = 1``)."""
+        return None if self._scalar is None else self._core.to_core_state(self._scalar)
 
     def action_masks(self) -> np.ndarray:
         """Allowed discrete actions (True = allowed), as sb3-contrib's MaskablePPO expects."""
@@ -478,52 +487,45 @@ class MarketTradingEnv(gym.Env):
             if self.setup.episode_length is not None:
                 end = start + self.setup.episode_length
         self._start = start
-        self._state = initial_state(
-            self.setup.arrays,
-            self.setup.params,
-            self.setup.reward,
-            np.array([start]),
-            np.array([end]),
-        )
+        self._scalar = self._core.initial_state(start, end)
         self._equity = [self.setup.params.initial_cash]
         self._fills = []
         self._done = False
-        return self._observation(), self._info(step_cost=0.0)
+        block, exposure = self._core.portfolio(self._scalar)
+        return self._observation(block), self._info(exposure, step_cost=0.0)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Fill the order for ``action`` at the next open, mark at the close, return the result."""
-        if self._state is None or self._done:
+        state = self._scalar
+        if state is None or self._done:
             raise RuntimeError("MarketTradingEnv.step called before reset() or after episode end")
-        setup = self.setup
-        target = setup.map_actions(action, 1)
-        prev_units = self._state.units
-        self._state, out = step_core(setup.arrays, setup.params, setup.reward, self._state, target)
-        state = self._state
-        value = float(state.value[0])
-        self._equity.append(value)
-        side = int(np.sign(state.units[0, 0] - prev_units[0, 0]))
-        if side:  # marker for the first asset's fills (the one whose price is drawn on top)
-            self._fills.append((int(state.t[0]), side))
-        terminated = bool(out.terminated[0])
-        truncated = bool(out.truncated[0])
-        info = self._info(step_cost=float(out.step_cost[0]))
+        target = self._actions.map(action)
+        if target is None:  # anything unusual goes through the validating NumPy mapping
+            target = self.setup.map_actions(action, 1)[0].tolist()
+        prev_units = state.units[0]
+        reward, terminated, truncated, step_cost, block, exposure = self._core.step(state, target)
+        self._equity.append(state.value)
+        moved = state.units[0] - prev_units
+        if moved:  # marker for the first asset's fills (the one whose price is drawn on top)
+            self._fills.append((state.t, 1 if moved > 0 else -1))
+        info = self._info(exposure, step_cost)
         if terminated or truncated:
             self._done = True
             info["episode"] = episode_metrics(
                 np.asarray(self._equity),
-                setup.arrays.bars_per_year,
-                turnover=float(state.traded_notional[0]) / setup.params.initial_cash,
+                self.setup.arrays.bars_per_year,
+                turnover=state.traded_notional / self.setup.params.initial_cash,
             )
-        return self._observation(), float(out.reward[0]), terminated, truncated, info
+        return self._observation(block), reward, terminated, truncated, info
 
     def render(self) -> str | np.ndarray | None:
         """``ansi``: one text line per call; ``rgb_array``: price with fills and equity curve."""
-        if self.render_mode is None or self._state is None:
+        if self.render_mode is None or self._scalar is None:
             return None
         if self.render_mode == "ansi":
             return self._render_ansi()
         return _render_rgb(
-            closes=self.setup.arrays.close[self._start : int(self._state.t[0]) + 1],
+            closes=self.setup.arrays.close[self._start : self._scalar.t + 1],
             start=self._start,
             fills=self._fills,
             equity=np.asarray(self._equity),
@@ -531,44 +533,42 @@ class MarketTradingEnv(gym.Env):
         )
 
     # --- helpers ----------------------------------------------------------------------------------
-    def _observation(self) -> Any:
-        state = self._state
+    def _observation(self, portfolio: list[float]) -> Any:
+        """Market window + predictor rows + portfolio at the decision bar, as fresh arrays."""
         arrays = self.setup.arrays
-        t = int(state.t[0])
-        window = self.setup.params.window
-        values = {"market": arrays.features[t - window + 1 : t + 1]}
+        t = self._scalar.t
+        values: dict[str, Any] = {
+            "market": arrays.features[t - self.setup.params.window + 1 : t + 1]
+        }
         for name, arr in arrays.blocks.items():
             values[name] = arr[t]
-        values["portfolio"] = portfolio_block(state, arrays, window)[0]
-        return self.setup.builder.build(values)
+        values["portfolio"] = portfolio
+        return self.setup.builder.build_trusted(values)
 
-    def _info(self, step_cost: float) -> dict[str, Any]:
-        state = self._state
-        close = self.setup.arrays.close[state.t[0]]
-        value = float(state.value[0])
-        denom = value if abs(value) > 1e-12 else 1e-12
+    def _info(self, exposure: list[float], step_cost: float) -> dict[str, Any]:
+        state = self._scalar
         return {
-            "portfolio_value": value,
-            "position": state.units[0] * close / denom,
-            "cash": float(state.cash[0]),
-            "fees": float(state.fees[0]),
-            "spread": float(state.spread[0]),
-            "impact": float(state.impact[0]),
-            "funding": float(state.funding[0]),
-            "trades": int(state.trades[0]),
+            "portfolio_value": state.value,
+            "position": np.array(exposure),
+            "cash": state.cash,
+            "fees": state.fees,
+            "spread": state.spread,
+            "impact": state.impact,
+            "funding": state.funding,
+            "trades": state.trades,
             "step_cost": step_cost,
         }
 
     def _render_ansi(self) -> str:
-        state = self._state
-        t = int(state.t[0])
+        state = self._scalar
+        t = state.t
         ts = np.datetime64(int(self.setup.timestamps[t]), "ns").astype("datetime64[s]")
         close = self.setup.arrays.close[t]
-        info = self._info(0.0)
+        info = self._info(self._core.portfolio(state)[1], 0.0)
         prices = " ".join(f"{s}={c:.6g}" for s, c in zip(self.setup.symbols, close, strict=True))
         pos = " ".join(f"{p:+.3f}" for p in info["position"])
         return (
-            f"{ts} step={int(state.steps[0])} {prices} position=[{pos}] "
+            f"{ts} step={state.steps} {prices} position=[{pos}] "
             f"value={info['portfolio_value']:.2f} cash={info['cash']:.2f} "
             f"fees={info['fees']:.2f} impact={info['impact']:.2f} "
             f"funding={info['funding']:.2f} trades={info['trades']}\n"
