@@ -51,7 +51,7 @@ def build_agent(
         env: the training env (its spaces decide the networks' shapes).
         device: torch device string or ``"auto"``.
         seed: the run's seed, given to the agent's own generators.
-        run_dir: the run directory (SB3 writes its TensorBoard files below it).
+        run_dir: the run directory (unused by the built-in kinds; kept for agents that write files).
         log_interval: env steps between training-scalar logs (our agents); None keeps theirs.
 
     Raises:
@@ -74,12 +74,18 @@ def build_agent(
         )
     from agents.sb3_adapter import SB3Agent
 
+    params.pop("seed")
+    params.pop("device")
     return SB3Agent(
         algo=str(agent_cfg.get("algo")),
         env=env,
-        algo_kwargs=params,
+        policy=str(agent_cfg.get("policy") or "auto"),
         policy_kwargs=_plain(agent_cfg.get("policy_kwargs")),
-        tensorboard_dir=None if run_dir is None else str(Path(run_dir) / "tb"),
+        algo_kwargs=params,
+        seed=seed,
+        device=device,
+        # The trainer passes its own TensorBoard writer to learn(); SB3 forwards its scalars there.
+        tensorboard_dir=None,
     )
 
 

@@ -39,7 +39,7 @@ def _tiny_agent(agent: str) -> list[str]:
             "agent.params.batch_size=32",
             "agent.params.buffer_size=1000",
         ]
-    return [f"agent={agent}"]
+    return [f"agent={agent}", "agent.params.n_steps=64", "agent.params.batch_size=32"]
 
 
 def _event_scalars(run_dir: Path) -> set[str]:
