@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +94,18 @@ class _Progress:
             self.bar.close()
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+def train(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    on_eval: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
     """Train the configured agent on the configured env and fill ``run_dir``.
 
     Args:
         cfg: the composed Hydra config (``configs/train.yaml``).
         run_dir: the run directory (Hydra's output directory).
+        on_eval: called with ``(step, validation score)`` after every evaluation; a
+            hyperparameter search uses it to report to its pruner (it may raise to stop).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -157,6 +163,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             best.update(score=score, step=step)
             agent.save(run_dir / "best_policy.pt")
         progress.update(step, {"eval": score})
+        if on_eval is not None:
+            on_eval(step, score)
 
     def callback(step: int) -> bool:
         if eval_every and step % eval_every == 0:

@@ -121,3 +121,18 @@ def test_cli_runs_and_rejects_unknown_agent(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode != 0
     assert "nope" in bad.stderr
+
+
+def test_optuna_search_runs_trials_and_keeps_the_best(tmp_path: Path) -> None:
+    from agents.tuning import tune
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(
+            config_name="tune",
+            overrides=[*_tiny_agent("qlearning"), "env=cartpole", *TINY, "tune.n_trials=2"],
+        )
+    summary = tune(cfg, tmp_path)
+    assert len(summary["trials"]) == 2
+    assert set(summary["best"]["params"]) == set(cfg.agent.search_space)
+    assert (tmp_path / "study.json").is_file()
+    assert (tmp_path / "trial_000" / "metrics.json").is_file()
