@@ -12,8 +12,8 @@ What is in it, and where it comes from:
   folds ``n`` rewards into one transition with discount ``gamma**k * (1 - terminated)``.
 - **Huber loss** and **gradient-norm clipping** (Mnih et al. 2015; SB3 uses ``smooth_l1_loss``
   and ``max_grad_norm=10``).
-- **Target network**: hard copy every ``target_update_interval`` steps (``tau=1``), or Polyak
-  averaging every step window with ``tau < 1``.
+- **Target network**: every ``target_update_interval`` env steps, a hard copy (``tau=1``) or a
+  Polyak step ``target <- tau*online + (1-tau)*target`` (``tau < 1``; interval 1 for per-step).
 
 Action masks: when the env has ``action_masks()`` (the sb3-contrib convention, a bool vector with
 True = allowed), masked actions are never chosen, neither greedily nor when exploring, and they
@@ -608,6 +608,15 @@ class QLearningAgent(Learner):
             raise ConfigError(
                 f"env action_space {env.action_space} != agent action_space {self.action_space}"
             )
+        env_flattener = ObservationFlattener(env.observation_space)
+        if (env_flattener.dim, env_flattener.block_names) != (
+            self.obs_dim,
+            self.flattener.block_names,
+        ):
+            raise ConfigError(
+                f"env observation_space {env.observation_space} does not match the agent's "
+                f"{self.observation_space} (flat size or block names differ)"
+            )
         replay = self._ensure_replay()
         accumulator = NStepAccumulator(cfg.n_step, cfg.gamma)
         start = self.action_space.start
@@ -764,8 +773,10 @@ class QLearningAgent(Learner):
                 f"{path}: checkpoint is for obs_dim={loaded.obs_dim}, n_actions="
                 f"{loaded.n_actions}; this agent has {self.obs_dim}, {self.n_actions}"
             )
-        self.config = loaded.config
-        self.q_network.load_state_dict(state["q_network"])
+        # Adopt the checkpoint's config and networks (its hyperparameters define the run).
+        self.config, self.device = loaded.config, loaded.device
+        self.q_network, self.target_q_network = loaded.q_network, loaded.target_q_network
+        self.optimizer = loaded.optimizer
         self.target_q_network.load_state_dict(state["target_q_network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.num_timesteps = int(state["num_timesteps"])
@@ -776,10 +787,11 @@ class QLearningAgent(Learner):
         self._episode_lengths = deque(state["episode_lengths"], maxlen=100)
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = _rng_state_from_plain(state["numpy_rng"])
+        self.sample_generator = torch.Generator()
         self.sample_generator.set_state(state["torch_sample_rng"])
+        self.replay = None
         if state.get("replay") is not None:
-            replay = self._ensure_replay()
-            replay.load_state_dict(state["replay"])
+            self._ensure_replay().load_state_dict(state["replay"])
 
 
 def _rng_state_to_plain(rng: np.random.Generator) -> dict[str, Any]:
