@@ -438,6 +438,12 @@ class MarketTradingEnv(gym.Env):
             setup.action_space.shape,
             setup.arrays.n_assets,
         )
+        self._core_step = self._core.step_function()
+        # Hot-path views for the observation (the builder still owns the layout).
+        self._features = setup.arrays.features
+        self._window_lo = setup.params.window - 1
+        self._obs_blocks = tuple(setup.arrays.blocks.items())
+        self._build = setup.builder.build_trusted
         self._scalar: ScalarState | None = None
         self._equity: list[float] = []
         self._fills: list[tuple[int, int]] = []  # (bar, +1 buy / -1 sell) for rendering
@@ -503,7 +509,7 @@ class MarketTradingEnv(gym.Env):
         if target is None:  # anything unusual goes through the validating NumPy mapping
             target = self.setup.map_actions(action, 1)[0].tolist()
         prev_units = state.units[0]
-        reward, terminated, truncated, step_cost, block, exposure = self._core.step(state, target)
+        reward, terminated, truncated, step_cost, block, exposure = self._core_step(state, target)
         self._equity.append(state.value)
         moved = state.units[0] - prev_units
         if moved:  # marker for the first asset's fills (the one whose price is drawn on top)
@@ -535,15 +541,12 @@ class MarketTradingEnv(gym.Env):
     # --- helpers ----------------------------------------------------------------------------------
     def _observation(self, portfolio: list[float]) -> Any:
         """Market window + predictor rows + portfolio at the decision bar, as fresh arrays."""
-        arrays = self.setup.arrays
         t = self._scalar.t
-        values: dict[str, Any] = {
-            "market": arrays.features[t - self.setup.params.window + 1 : t + 1]
-        }
-        for name, arr in arrays.blocks.items():
+        values: dict[str, Any] = {"market": self._features[t - self._window_lo : t + 1]}
+        for name, arr in self._obs_blocks:
             values[name] = arr[t]
         values["portfolio"] = portfolio
-        return self.setup.builder.build_trusted(values)
+        return self._build(values)
 
     def _info(self, exposure: list[float], step_cost: float) -> dict[str, Any]:
         state = self._scalar

@@ -27,6 +27,7 @@ what the batched core would give them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -163,10 +164,16 @@ class ScalarCore:
         self._sigma = arrays.sigma.tolist()
         self._volume = arrays.volume.tolist()
         self._bench = arrays.benchmark_log_return.tolist()
-        self._open1 = arrays.open[:, 0].tolist()
-        self._close1 = arrays.close[:, 0].tolist()
-        self._sigma1 = arrays.sigma[:, 0].tolist()
-        self._volume1 = arrays.volume[:, 0].tolist()
+        # One asset: everything a step at fill bar s reads, in one tuple per bar (row 0 unused).
+        self._bars1 = list(
+            zip(
+                arrays.open[:, 0].tolist(),
+                arrays.close[:, 0].tolist(),
+                [0.0, *arrays.sigma[:-1, 0].tolist()],
+                [1.0, *arrays.volume[:-1, 0].tolist()],
+                strict=True,
+            )
+        )
         cfg = params.execution
         md = params.max_drawdown
         # Unpacked once per step; the per-bar factor and the drawdown threshold factor are
@@ -271,11 +278,17 @@ class ScalarCore:
             results of ``step_core``, then the next observation's portfolio block and
             exposures as :meth:`portfolio` gives them (computed on the way, for speed).
         """
+        return self.step_function()(state, target)
+
+    def step_function(
+        self,
+    ) -> Callable[[ScalarState, list[float]], tuple[float, bool, bool, float, list, list]]:
+        """The bound implementation :meth:`step` dispatches to (callers in a loop keep it)."""
         if self.n_assets == 1:
-            return self._step_one(state, target)
+            return self._step_one
         if self.fast:
-            return self._step_many(state, target)
-        return self._step_batched(state, target)
+            return self._step_many
+        return self._step_batched
 
     def _step_one(
         self, state: ScalarState, target: list[float]
@@ -304,8 +317,7 @@ class ScalarCore:
             state.pending = [*state.pending[1:], target]
         else:
             executed = target[0]
-        p = self._open1[s]
-        close = self._close1[s]
+        p, close, sigma, volume = self._bars1[s]  # sigma and volume of bar s - 1
         u = state.units[0]
         prev_value = state.value
         prev_peak = state.peak
@@ -331,8 +343,7 @@ class ScalarCore:
         notional = abs(q) * p
         impact = 0.0
         if notional:
-            impact = impact_k * self._sigma1[s - 1] * math.sqrt(abs(q) / self._volume1[s - 1])
-            impact = impact * notional
+            impact = impact_k * sigma * math.sqrt(abs(q) / volume) * notional
         fee = taker_fee * notional
         spread = half_spread * notional
         trade_cost = fee + spread + impact
@@ -393,18 +404,18 @@ class ScalarCore:
         # portfolio_block at the new bar (value floored away from 0 as there).
         safe = value if abs(value) > 1e-12 else 1e-12
         exposure = held / safe
-        lim = PORTFOLIO_CLIP
-        block = [
-            exposure,
-            cash / safe,
-            nu * (close - entry) / safe,
-            tit / (tit + window),
-            target[0],
-        ]
-        for x in block:
-            if not -lim <= x <= lim:  # near ruin only (or a NaN, which the clip keeps)
-                block = [-lim if x < -lim else (lim if x > lim else x) for x in block]
-                break
+        cash_share = cash / safe
+        upnl = nu * (close - entry) / safe
+        last = target[0]
+        block = [exposure, cash_share, upnl, tit / (tit + window), last]
+        lim = PORTFOLIO_CLIP  # time in trade is in [0, 1); the rest may leave the bounds
+        if not (
+            -lim <= exposure <= lim
+            and -lim <= cash_share <= lim
+            and -lim <= upnl <= lim
+            and -lim <= last <= lim
+        ):  # near ruin only (a NaN also lands here, and the clip keeps it as np.clip does)
+            block = [-lim if x < -lim else (lim if x > lim else x) for x in block]
         return reward, terminated, truncated, cost, block, [exposure]
 
     def _step_many(

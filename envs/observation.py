@@ -152,7 +152,7 @@ class ObservationBuilder:
             out = np.empty(self.flat_dim, dtype=np.float32)
             for name, sl in self.flat_slices.items():
                 block = values[name]
-                out[sl] = block.ravel() if isinstance(block, np.ndarray) else block
+                out[sl] = block.ravel() if type(block) is np.ndarray else block
             return out
         return {name: np.array(values[name], dtype=np.float32) for name in self.flat_slices}
 
