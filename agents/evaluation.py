@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -10,6 +11,23 @@ import numpy as np
 
 # A policy for evaluation: observation (and the env, for baselines that read its state) -> action.
 Policy = Callable[[Any, gym.Env], Any]
+
+
+def agent_policy(agent: Any, deterministic: bool = True) -> Policy:
+    """Wrap an agent's ``act`` as a ``Policy``, passing the env's action masks when both have them.
+
+    Envs with invalid actions expose ``action_masks()`` (the sb3-contrib convention); an agent
+    whose ``act`` takes ``action_masks`` then never picks a forbidden action in evaluation either.
+    """
+    takes_masks = "action_masks" in inspect.signature(agent.act).parameters
+
+    def policy(obs: Any, env: gym.Env) -> Any:
+        if takes_masks and env.has_wrapper_attr("action_masks"):
+            masks = env.get_wrapper_attr("action_masks")()
+            return agent.act(obs, deterministic=deterministic, action_masks=masks)
+        return agent.act(obs, deterministic=deterministic)
+
+    return policy
 
 
 def evaluate_policy(

@@ -31,7 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from agents.base import Learner, get_device
-from agents.evaluation import evaluate_policy, format_table
+from agents.evaluation import agent_policy, evaluate_policy, format_table
 from agents.registry import build_agent, load_agent
 from agents.seeding import set_seed
 from agents.tasks import Task, build_task
@@ -148,7 +148,7 @@ def train(
 
     def evaluate_now(step: int) -> None:
         result = evaluate_policy(
-            lambda obs, _env: agent.act(obs, deterministic=True),
+            agent_policy(agent),
             task.val_env,
             int(cfg.eval_episodes),
             seed=task.eval_seed,
@@ -191,11 +191,11 @@ def train(
     rows: dict[str, dict[str, float]] = {}
     n_test, test_seed = int(cfg.test_episodes), task.test_seed
     rows[f"{cfg.agent.name} (final)"] = evaluate_policy(
-        lambda obs, _env: agent.act(obs, deterministic=True), task.test_env, n_test, test_seed
+        agent_policy(agent), task.test_env, n_test, test_seed
     )
     best_agent = load_agent(cfg.agent, run_dir / "best_policy.pt", device=str(device))
     rows[f"{cfg.agent.name} (best val)"] = evaluate_policy(
-        lambda obs, _env: best_agent.act(obs, deterministic=True), task.test_env, n_test, test_seed
+        agent_policy(best_agent), task.test_env, n_test, test_seed
     )
     baseline_env = task.baseline_env or task.test_env
     for name, make_policy in task.baselines.items():
