@@ -1,0 +1,236 @@
+"""Real env steps to a deterministic eval return of -200 on Pendulum-v1: our model-based agents
+(MBPO, optionally PETS) next to our SAC and Stable-Baselines3's SAC (lr 1e-3), in one run.
+
+Run: ``.venv/bin/python bench/model_based.py [--agents mbpo,sac,sb3_sac] [--eval-every 500]``.
+Every ``--eval-every`` real steps each agent is evaluated deterministically on 5 episodes (fixed
+seeds); the first step count whose mean return is >= -200 is reported. Each agent has a step cap
+(``--cap-model-based``, ``--cap-model-free``); an agent that does not get there prints
+"not reached" with its best eval return. The issue's goal: MBPO at most 5,000 real steps and at
+least 3x fewer than SAC.
+
+The agents can be run as separate processes (``--agents mbpo --out-json a.json`` ...) and the
+results printed together with ``--combine a.json b.json ...``. Wall times depend on the machine
+and its load (a shared CPU slows everything): read the step counts, not the seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+# Run as ``python bench/model_based.py`` this folder comes first on sys.path, and its
+# ``agents.py`` / ``envs.py`` scripts would shadow our packages: drop the folder.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+TARGET = -200.0
+ENV_ID = "Pendulum-v1"
+EVAL_EPISODES = 5
+
+
+def evaluate(act: Callable[[np.ndarray], np.ndarray], episodes: int = EVAL_EPISODES) -> float:
+    """Mean undiscounted return of the deterministic policy ``act`` on fixed-seed episodes."""
+    env = gym.make(ENV_ID)
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=10_000 + i)
+        done, total = False, 0.0
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
+class Tracker:
+    """Evaluates every ``every`` steps, remembers the first step at or above the target."""
+
+    def __init__(self, name: str, act: Callable[[np.ndarray], np.ndarray], every: int) -> None:
+        self.name, self.act, self.every = name, act, every
+        self.reached: int | None = None
+        self.best = (-float("inf"), 0)
+        self.history: list[tuple[int, float]] = []
+        self.start = time.perf_counter()
+
+    def __call__(self, step: int) -> bool:
+        if step % self.every:
+            return True
+        score = evaluate(self.act)
+        self.history.append((step, score))
+        if score > self.best[0]:
+            self.best = (score, step)
+        elapsed = time.perf_counter() - self.start
+        print(f"  [{self.name}] step {step:>6}: eval {score:8.1f}  ({elapsed:6.0f} s)", flush=True)
+        if score >= TARGET and self.reached is None:
+            self.reached = step
+            return False  # stop: the figure asked for is the first crossing
+        return True
+
+    def result(self, cap: int) -> dict[str, Any]:
+        return {
+            "agent": self.name,
+            "steps": self.reached,
+            "best_return": self.best[0],
+            "best_step": self.best[1],
+            "cap": cap,
+            "seconds": time.perf_counter() - self.start,
+            "history": self.history,
+        }
+
+
+def run_mbpo(seed: int, cap: int, every: int, updates: int) -> dict[str, Any]:
+    from agents.mbpo import MBPO, MBPOConfig
+
+    config = MBPOConfig.from_dict(
+        {
+            "sac": {"learning_rate": 3e-4, "batch_size": 256, "net_arch": [256, 256]},
+            "ensemble": {"ensemble_size": 7, "num_elites": 5, "hidden": [200, 200, 200]},
+            "model_training": {"max_epochs": 100},
+            "learning_starts": 400,
+            "model_train_freq": 250,
+            "rollout_batch_size": 2000,
+            "rollout_schedule": [0, 100, 1, 1],  # Pendulum: 1-step rollouts (mbrl-lib)
+            "model_retain_rollouts": 8,
+            "real_ratio": 0.05,
+            "updates_per_step": updates,
+            "seed": seed,
+            "device": "cpu",
+        }
+    )
+    env = gym.make(ENV_ID)
+    agent = MBPO(env.observation_space, env.action_space, config)
+    tracker = Tracker(f"mbpo (ours, {updates} upd/step)", lambda o: agent.act(o, True), every)
+    agent.learn(env, cap, callback=tracker)
+    return tracker.result(cap)
+
+
+def run_pets(seed: int, cap: int, every: int) -> dict[str, Any]:
+    from agents.pets import PETS, PETSConfig
+
+    config = PETSConfig.from_dict(
+        {
+            "ensemble": {"ensemble_size": 5, "num_elites": 5, "hidden": [200, 200, 200]},
+            "model_training": {"max_epochs": 100},
+            "planner": "cem",
+            "horizon": 20,
+            "population": 200,
+            "planner_elites": 20,
+            "iterations": 4,
+            "particles": 1,
+            "propagation": "expectation",
+            "learning_starts": 200,
+            "model_train_freq": 200,
+            "seed": seed,
+            "device": "cpu",
+        }
+    )
+    env = gym.make(ENV_ID)
+    agent = PETS(env.observation_space, env.action_space, config)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return agent.act(obs, True)
+
+    tracker = Tracker("pets (ours, CEM)", act, every)
+    agent.learn(env, cap, callback=tracker)
+    return tracker.result(cap)
+
+
+def run_sac(seed: int, cap: int, every: int) -> dict[str, Any]:
+    from agents.sac import SAC, SACConfig
+
+    config = SACConfig(learning_rate=1e-3, learning_starts=100, seed=seed, device="cpu")
+    env = gym.make(ENV_ID)
+    agent = SAC(env.observation_space, env.action_space, config)
+    tracker = Tracker("sac (ours, lr 1e-3)", lambda o: agent.act(o, True), every)
+    agent.learn(env, cap, callback=tracker)
+    return tracker.result(cap)
+
+
+def run_sb3_sac(seed: int, cap: int, every: int) -> dict[str, Any]:
+    from stable_baselines3 import SAC as SB3SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    env = gym.make(ENV_ID)
+    model = SB3SAC("MlpPolicy", env, learning_rate=1e-3, seed=seed, device="cpu", verbose=0)
+    tracker = Tracker("sb3 sac (lr 1e-3)", lambda o: model.predict(o, deterministic=True)[0], every)
+
+    class _Hook(BaseCallback):
+        def _on_step(self) -> bool:
+            return tracker(self.num_timesteps)
+
+    model.learn(cap, callback=_Hook())
+    return tracker.result(cap)
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    """One line per agent, then the ratio the issue asks about."""
+    print(f"\nReal env steps to a deterministic eval return >= {TARGET:.0f} on {ENV_ID}")
+    print(f"(eval: {EVAL_EPISODES} episodes, fixed seeds)\n")
+    print(f"{'agent':32s} {'steps':>22s} {'best eval (at step)':>22s} {'wall s':>8s}")
+    for r in results:
+        steps = str(r["steps"]) if r["steps"] is not None else f"not reached (cap {r['cap']})"
+        best = f"{r['best_return']:.1f} ({r['best_step']})"
+        print(f"{r['agent']:32s} {steps:>22s} {best:>22s} {r['seconds']:8.0f}")
+    by = {r["agent"].split(" ")[0]: r for r in results}
+    model_based = [r for r in results if r["agent"].startswith(("mbpo", "pets"))]
+    sac = by.get("sac")
+    for mb in model_based:
+        if mb["steps"] is None or sac is None:
+            continue
+        if sac["steps"] is None:
+            print(f"{mb['agent']}: > {sac['cap'] / mb['steps']:.1f}x fewer steps than our SAC")
+        else:
+            print(f"{mb['agent']}: {sac['steps'] / mb['steps']:.1f}x fewer steps than our SAC")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", default="mbpo,sac,sb3_sac", help="mbpo,pets,sac,sb3_sac")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--cap-model-based", type=int, default=10_000)
+    parser.add_argument("--cap-model-free", type=int, default=30_000)
+    parser.add_argument("--mbpo-updates", type=int, default=20, help="SAC updates per env step")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--out-json", type=Path, default=None)
+    parser.add_argument("--combine", type=Path, nargs="*", default=None)
+    args = parser.parse_args()
+    if args.combine:
+        results = [r for p in args.combine for r in json.loads(p.read_text())]
+        print_table(results)
+        return
+    torch.set_num_threads(args.threads)
+    runners = {
+        "mbpo": lambda: run_mbpo(
+            args.seed, args.cap_model_based, args.eval_every, args.mbpo_updates
+        ),
+        "pets": lambda: run_pets(args.seed, args.cap_model_based, args.eval_every),
+        "sac": lambda: run_sac(args.seed, args.cap_model_free, args.eval_every),
+        "sb3_sac": lambda: run_sb3_sac(args.seed, args.cap_model_free, args.eval_every),
+    }
+    names = [a.strip() for a in args.agents.split(",") if a.strip()]
+    unknown = [a for a in names if a not in runners]
+    if unknown:
+        sys.exit(f"--agents: unknown {unknown}; expected some of {list(runners)}")
+    results = []
+    for name in names:
+        print(f"running {name} ...", flush=True)
+        results.append(runners[name]())
+        if args.out_json is not None:
+            args.out_json.write_text(json.dumps(results))
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
