@@ -13,21 +13,42 @@ import numpy as np
 Policy = Callable[[Any, gym.Env], Any]
 
 
-def agent_policy(agent: Any, deterministic: bool = True) -> Policy:
-    """Wrap an agent's ``act`` as a ``Policy``, passing the env's action masks when both have them.
+class AgentPolicy:
+    """An agent's ``act`` as a ``Policy``, with the env's action masks and episode resets.
 
     Envs with invalid actions expose ``action_masks()`` (the sb3-contrib convention); an agent
-    whose ``act`` takes ``action_masks`` then never picks a forbidden action in evaluation either.
+    that uses masks (``uses_action_masks``, or an ``act`` taking ``action_masks``) gets them for
+    Discrete action spaces, so it never picks a forbidden action in evaluation either.
+    ``reset()`` is called by ``evaluate_policy`` at every episode start and clears a recurrent
+    agent's state.
     """
-    takes_masks = "action_masks" in inspect.signature(agent.act).parameters
 
-    def policy(obs: Any, env: gym.Env) -> Any:
-        if takes_masks and env.has_wrapper_attr("action_masks"):
+    def __init__(self, agent: Any, deterministic: bool = True) -> None:
+        self.agent = agent
+        self.deterministic = deterministic
+        takes = "action_masks" in inspect.signature(agent.act).parameters
+        self.uses_masks = bool(getattr(agent, "uses_action_masks", takes))
+
+    def reset(self) -> None:
+        """Start of an episode: clear recurrent state, if the agent has any."""
+        reset_state = getattr(self.agent, "reset_state", None)
+        if reset_state is not None:
+            reset_state()
+
+    def __call__(self, obs: Any, env: gym.Env) -> Any:
+        if (
+            self.uses_masks
+            and isinstance(env.action_space, gym.spaces.Discrete)
+            and env.has_wrapper_attr("action_masks")
+        ):
             masks = env.get_wrapper_attr("action_masks")()
-            return agent.act(obs, deterministic=deterministic, action_masks=masks)
-        return agent.act(obs, deterministic=deterministic)
+            return self.agent.act(obs, deterministic=self.deterministic, action_masks=masks)
+        return self.agent.act(obs, deterministic=self.deterministic)
 
-    return policy
+
+def agent_policy(agent: Any, deterministic: bool = True) -> AgentPolicy:
+    """Wrap an agent as an evaluation ``Policy`` (see ``AgentPolicy``)."""
+    return AgentPolicy(agent, deterministic)
 
 
 def evaluate_policy(
@@ -52,6 +73,9 @@ def evaluate_policy(
     extra: dict[str, list[float]] = {}
     for i in range(n_episodes):
         obs, info = env.reset(seed=None if seed is None else seed + i)
+        reset = getattr(policy, "reset", None)
+        if reset is not None:
+            reset()
         done, total, length = False, 0.0, 0
         while not done:
             obs, reward, terminated, truncated, info = env.step(policy(obs, env))

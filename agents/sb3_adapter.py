@@ -430,6 +430,11 @@ class SB3Agent(Learner):
     # --- acting ------------------------------------------------------------------------------
 
     @property
+    def uses_action_masks(self) -> bool:
+        """Whether ``act`` takes ``action_masks`` (only MaskablePPO's policy understands them)."""
+        return self.algo == "MaskablePPO"
+
+    @property
     def is_recurrent(self) -> bool:
         """True for RecurrentPPO-style policies that carry an LSTM state."""
         return hasattr(self.model.policy, "lstm_actor")
