@@ -1,10 +1,13 @@
 """Steps per second of MarketTrading-v0 (single and batched) against gym-anytrading stocks-v0.
 
-Run: ``.venv/bin/python bench/envs.py [--steps 20000]``. All envs run on the same data length
-(the shipped ``btc_usd_hourly`` sample, 17,500 bars) with random actions on one process; ours
-use window 32, the default features and costs on. gym-anytrading is measured only when it is
-importable (``pip install gym-anytrading``; it is not a project dependency). Figures depend on
-the machine and its load: read them as ratios, never assert them in tests.
+Run: ``.venv/bin/python bench/envs.py [--steps 20000] [--single-only]``. All envs run on the
+same data length (the shipped ``btc_usd_hourly`` sample, 17,500 bars) with random actions on one
+process; ours use window 32, the default features and costs on (fee, spread, square-root impact,
+funding) and return fresh observation arrays. gym-anytrading is measured only when it is
+importable (``pip install gym-anytrading``; it is not a project dependency); its step is float
+arithmetic without costs and its observation is a view of its feature array. Figures depend on
+the machine and its load: read them as ratios of rows measured in the same run, never assert
+them in tests.
 """
 
 from __future__ import annotations
@@ -29,10 +32,20 @@ WINDOW = 32
 EPISODE = 1024
 
 
-def bench_single(dataset, flatten: bool, steps: int) -> float:
-    env = MarketTradingEnv(dataset=dataset, window=WINDOW, episode_length=EPISODE, flatten=flatten)
+def bench_single(dataset, flatten: bool, steps: int, action_mode: str = "discrete") -> float:
+    env = MarketTradingEnv(
+        dataset=dataset,
+        window=WINDOW,
+        episode_length=EPISODE,
+        flatten=flatten,
+        action_mode=action_mode,
+    )
     env.reset(seed=0)
-    actions = np.random.default_rng(0).integers(0, 3, size=steps)
+    rng = np.random.default_rng(0)
+    if action_mode == "discrete":
+        actions = rng.integers(0, 3, size=steps)
+    else:  # float32 arrays, as an SB3 policy sends them
+        actions = rng.uniform(-1.0, 1.0, size=(steps, *env.action_space.shape)).astype(np.float32)
     start = time.perf_counter()
     for a in actions:
         _, _, term, trunc, _ = env.step(a)
@@ -83,6 +96,9 @@ def bench_anytrading(dataset, steps: int) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20_000, help="steps per single-env run")
+    parser.add_argument(
+        "--single-only", action="store_true", help="skip the batched env (quicker A/B runs)"
+    )
     args = parser.parse_args()
     dataset = load_sample("btc_usd_hourly")
     rows: list[tuple[str, float | None, str]] = []
@@ -90,19 +106,24 @@ def main() -> None:
     rows.append(("MarketTrading-v0 single, Dict obs", single_dict, "steps/s"))
     single_flat = bench_single(dataset, flatten=True, steps=args.steps)
     rows.append(("MarketTrading-v0 single, flat obs", single_flat, "steps/s"))
-    for n in (1, 64, 1024, 4096):
-        rate = bench_vector(dataset, n, env_steps=10 * args.steps)
-        rows.append((f"MarketTradingVectorEnv x{n}", rate, "env-steps/s"))
+    single_cont = bench_single(dataset, flatten=True, steps=args.steps, action_mode="continuous")
+    rows.append(("MarketTrading-v0 single, continuous, flat", single_cont, "steps/s"))
+    if not args.single_only:
+        for n in (1, 64, 1024, 4096):
+            rate = bench_vector(dataset, n, env_steps=10 * args.steps)
+            rows.append((f"MarketTradingVectorEnv x{n}", rate, "env-steps/s"))
     any_rate = bench_anytrading(dataset, args.steps)
     rows.append(("gym-anytrading stocks-v0 (no costs)", any_rate, "steps/s"))
 
     print(f"data: {len(dataset)} bars of {dataset.symbols[0]}, window {WINDOW}, costs on (ours)")
-    print(f"{'env':<40}{'rate':>14}  unit")
+    print(f"{'env':<44}{'rate':>14}  unit{'us/step':>14}")
     for name, rate, unit in rows:
         shown = "not installed" if rate is None else f"{rate:,.0f}"
-        print(f"{name:<40}{shown:>14}  {unit}")
-    best_vec = max(rate for name, rate, _ in rows if name.startswith("MarketTradingVectorEnv"))
-    print(f"batched best / single flat: {best_vec / single_flat:.1f}x")
+        per_step = "" if rate is None else f"{1e6 / rate:.2f}"
+        print(f"{name:<44}{shown:>14}  {unit:<11}{per_step:>8}")
+    vec = [rate for name, rate, _ in rows if name.startswith("MarketTradingVectorEnv")]
+    if vec:
+        print(f"batched best / single flat: {max(vec) / single_flat:.1f}x")
     if any_rate is not None:
         print(f"single flat / gym-anytrading: {single_flat / any_rate:.2f}x")
 

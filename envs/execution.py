@@ -19,6 +19,10 @@ Conventions:
 
     * Holding costs per bar, charged on the marked-to-market book:
       ``(borrow_rate * short_notional + margin_rate * borrowed_cash) / bars_per_year``.
+
+These NumPy functions are the reference. The single env's fast path (:mod:`envs.market_fast`)
+restates the action mapping, sizing and costs on Python floats, operation for operation;
+``tests/test_market_fast.py`` pins it to this module bit for bit, so change both together.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ open of bar ``t + latency`` (orders still pending when the episode ends are drop
 is then marked at bar ``t + 1``'s close, funding for the bar is charged, and the reward is the
 log change of the marked value. Impact uses the volatility and volume of bar ``s - 1`` for a
 fill at bar ``s``'s open: the last completed bar, which a live trader also knows.
+
+This module is the reference for the accounting semantics. The single env steps through
+:mod:`envs.market_fast`, which restates :func:`step_core` (and :func:`portfolio_block`) on Python
+floats for speed; ``tests/test_market_fast.py`` pins the two together bit for bit, so a change
+here must be mirrored there.
 """
 
 from __future__ import annotations

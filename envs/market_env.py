@@ -332,7 +332,9 @@ class MarketTradingEnv(gym.Env):
     positions pay ``borrow_rate`` and borrowed cash pays ``margin_rate`` (both annual, charged per
     bar). The book is marked to market at each close: value = cash + sum(units * close).
     Sizing, costs and the step arithmetic live in :mod:`envs.execution` and
-    :mod:`envs.market_core`, shared with the batched env and the policy runner.
+    :mod:`envs.market_core` (the reference), shared with the batched env and the policy
+    runner; this env steps through their scalar twin :mod:`envs.market_fast` (Python floats,
+    equal bit for bit, tested) because NumPy's per-call overhead dominates a batch of one.
 
     ## Action Space
 
@@ -439,11 +441,10 @@ class MarketTradingEnv(gym.Env):
             setup.arrays.n_assets,
         )
         self._core_step = self._core.step_function()
-        # Hot-path views for the observation (the builder still owns the layout).
-        self._features = setup.arrays.features
-        self._window_lo = setup.params.window - 1
-        self._obs_blocks = tuple(setup.arrays.blocks.items())
-        self._build = setup.builder.build_trusted
+        # The builder's trusted assembler: sources checked once, then copies only per step.
+        self._assemble = setup.builder.bar_assembler(
+            "market", setup.arrays.features, setup.arrays.blocks, "portfolio"
+        )
         self._scalar: ScalarState | None = None
         self._equity: list[float] = []
         self._fills: list[tuple[int, int]] = []  # (bar, +1 buy / -1 sell) for rendering
@@ -541,12 +542,7 @@ class MarketTradingEnv(gym.Env):
     # --- helpers ----------------------------------------------------------------------------------
     def _observation(self, portfolio: list[float]) -> Any:
         """Market window + predictor rows + portfolio at the decision bar, as fresh arrays."""
-        t = self._scalar.t
-        values: dict[str, Any] = {"market": self._features[t - self._window_lo : t + 1]}
-        for name, arr in self._obs_blocks:
-            values[name] = arr[t]
-        values["portfolio"] = portfolio
-        return self._build(values)
+        return self._assemble(self._scalar.t, portfolio)
 
     def _info(self, exposure: list[float], step_cost: float) -> dict[str, Any]:
         state = self._scalar

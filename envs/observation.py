@@ -9,9 +9,8 @@ the same builder, so a live observation is bit-identical to a backtest one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -136,25 +135,68 @@ class ObservationBuilder:
             return out
         return {b.name: np.array(values[b.name], dtype=np.float32, copy=True) for b in self.blocks}
 
-    def build_trusted(self, values: Mapping[str, Any]) -> dict[str, np.ndarray] | np.ndarray:
-        """:meth:`build` without the shape checks, for callers whose blocks are right by
-        construction (the env's hot path); same result, same fresh arrays.
+    def bar_assembler(
+        self,
+        window_block: str,
+        window_source: np.ndarray,
+        row_sources: Mapping[str, np.ndarray],
+        given_block: str,
+    ) -> Callable[[int, Sequence[float]], dict[str, np.ndarray] | np.ndarray]:
+        """A trusted builder (picklable callable) for observations read at a bar ``t``.
+
+        The returned ``assemble(t, given)`` equals ``build(values)`` with
+        ``values[window_block] = window_source[t - W + 1 : t + 1]`` (``W`` the block's first
+        dimension), ``values[name] = row_sources[name][t]`` for the other blocks and
+        ``values[given_block] = given``; the sources are checked once here, so each call only
+        copies (fresh arrays, as :meth:`build`). The env's step uses it.
 
         Args:
-            values: one array (or flat sequence of floats) per block, every block present and
-                shaped as its spec; nothing is validated, so use :meth:`build` for anything
-                coming from outside.
+            window_block: the block holding the last ``W`` rows of ``window_source``.
+            window_source: ``(T, ...)`` array whose rows have the block's trailing shape.
+            row_sources: one ``(T, ...)`` array per remaining block except ``given_block``.
+            given_block: the block passed to each call (a flat sequence of floats).
 
-        Returns:
-            A dict of fresh float32 arrays, or one float32 vector when ``flatten``.
+        Raises:
+            DataError: the blocks or the sources' shapes do not match the specs.
         """
-        if self.flatten:
-            out = np.empty(self.flat_dim, dtype=np.float32)
-            for name, sl in self.flat_slices.items():
-                block = values[name]
-                out[sl] = block.ravel() if type(block) is np.ndarray else block
-            return out
-        return {name: np.array(values[name], dtype=np.float32) for name in self.flat_slices}
+        spec = self._by_name.get(window_block)
+        names = {window_block, given_block, *row_sources}
+        if spec is None or names != set(self._by_name) or len(names) != len(self.blocks):
+            raise DataError(
+                f"bar_assembler: blocks {sorted(names)} do not match the observation blocks "
+                f"{list(self._by_name)}"
+            )
+        if len(self._by_name[given_block].shape) != 1:
+            raise DataError(f"bar_assembler: given block {given_block!r} must be 1-D")
+        window = spec.shape[0]
+        source = np.ascontiguousarray(window_source, dtype=np.float32)
+        if source.shape[1:] != spec.shape[1:]:
+            raise DataError(
+                f"bar_assembler: rows of {window_block!r} source have shape {source.shape[1:]}, "
+                f"expected {spec.shape[1:]}"
+            )
+        rows: dict[str, np.ndarray] = {}
+        for name, arr in row_sources.items():
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+            if arr.shape[1:] != self._by_name[name].shape:
+                raise DataError(
+                    f"bar_assembler: rows of {name!r} have shape {arr.shape[1:]}, expected "
+                    f"{self._by_name[name].shape}"
+                )
+            rows[name] = arr
+        order = tuple(b.name for b in self.blocks)
+        return _BarAssembler(
+            flatten=self.flatten,
+            window=window,
+            window_block=window_block,
+            window_source=source,
+            rows=rows,
+            given_block=given_block,
+            flat_slices=self.flat_slices,
+            flat_dim=self.flat_dim,
+            in_order=order == (window_block, *rows, given_block),
+            order=order,
+        )
 
     def build_batch(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | np.ndarray:
         """Build a batch of observations; every array has a leading batch dimension."""
@@ -185,3 +227,69 @@ class ObservationBuilder:
             b.name: flat[..., self.flat_slices[b.name]].reshape(*lead, *b.shape).copy()
             for b in self.blocks
         }
+
+
+class _BarAssembler:
+    """``assemble(t, given)`` of :meth:`ObservationBuilder.bar_assembler` (a class to pickle)."""
+
+    def __init__(
+        self,
+        *,
+        flatten: bool,
+        window: int,
+        window_block: str,
+        window_source: np.ndarray,
+        rows: dict[str, np.ndarray],
+        given_block: str,
+        flat_slices: dict[str, slice],
+        flat_dim: int,
+        in_order: bool,
+        order: tuple[str, ...],
+    ) -> None:
+        self.flatten = flatten
+        self.lo = window - 1
+        self.window_block = window_block
+        self.source = window_source
+        self.rows = rows
+        self.given_block = given_block
+        self.in_order = in_order
+        self.order = order
+        self.flat_slices = flat_slices
+        self.dim = flat_dim
+        self._derive()
+
+    def _derive(self) -> None:
+        # Flat layout: the window is one contiguous run of the flattened source. These views
+        # are rebuilt after unpickling rather than pickled (a view would pickle as a copy).
+        self.row_size = int(np.prod(self.source.shape[1:], dtype=np.int64))
+        self.flat_source = self.source.reshape(-1)
+        self.win_slice = self.flat_slices[self.window_block]
+        self.given_slice = self.flat_slices[self.given_block]
+        self.row_plan = tuple(
+            (self.flat_slices[name], arr.reshape(arr.shape[0], -1))
+            for name, arr in self.rows.items()
+        )
+
+    def __getstate__(self) -> dict:
+        views = ("row_size", "flat_source", "win_slice", "given_slice", "row_plan")
+        return {k: v for k, v in self.__dict__.items() if k not in views}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._derive()
+
+    def __call__(self, t: int, given: Sequence[float]) -> dict[str, np.ndarray] | np.ndarray:
+        lo = self.lo
+        if self.flatten:
+            size = self.row_size
+            out = np.empty(self.dim, dtype=np.float32)
+            out[self.win_slice] = self.flat_source[(t - lo) * size : (t + 1) * size]
+            for sl, arr in self.row_plan:
+                out[sl] = arr[t]
+            out[self.given_slice] = given
+            return out
+        parts = {self.window_block: self.source[t - lo : t + 1].copy()}
+        for name, arr in self.rows.items():
+            parts[name] = arr[t].copy()
+        parts[self.given_block] = np.array(given, dtype=np.float32)
+        return parts if self.in_order else {name: parts[name] for name in self.order}

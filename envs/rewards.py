@@ -15,6 +15,10 @@ Library (``reward=`` name, ``reward_kwargs``):
     * ``excess_buy_and_hold``: ``r - r_bh``, with ``r_bh`` the log return of an equal-weight
       buy-and-hold of the env's assets over the same bar (close to close).
 
+The library rewards are restated on Python floats in :mod:`envs.market_fast` (the single env's
+fast path, pinned to these classes bit for bit by ``tests/test_market_fast.py``): change both
+together. Subclasses and custom rewards always get the batched :class:`RewardContext`.
+
 Custom rewards: pass any callable ``fn(ctx: RewardContext) -> np.ndarray | float`` returning one
 reward per row (shape ``(B,)``; the single env has ``B = 1``). It must be picklable (a
 module-level function) for the env to pickle. For a stateful custom reward subclass

@@ -375,32 +375,53 @@ def test_unusual_actions_take_the_validating_path() -> None:
     assert cont.map(np.zeros((1, 2))) is None  # batch-shaped: NumPy path
 
 
-def test_build_trusted_equals_build_and_returns_fresh_arrays() -> None:
+def test_bar_assembler_equals_build_fresh_arrays_and_checks_once() -> None:
+    import pickle
+
+    from envs.errors import DataError
+
     ds = volatile_dataset(n_assets=2)
     forecast = np.arange(len(ds) * 6, dtype=np.float32).reshape(len(ds), 2, 3)
+    score = np.linspace(-1, 1, len(ds)).astype(np.float32)[:, None]
     for flatten in (False, True):
         env = MarketTradingEnv(
             dataset=ds,
             features=FEATURES,
             window=8,
             action_mode="weights",
-            predictor_blocks={"forecast": forecast},
+            predictor_blocks={"forecast": forecast, "score": score},
             flatten=flatten,
         )
         builder = env.observation_builder
-        values = {
-            "market": env.setup.arrays.features[20:28],
-            "forecast": forecast[27],
-            "portfolio": [0.5, -0.25, 0.75, 0.1, 0.2, 0.3, 1.0 / 3.0],
-        }
-        got = builder.build_trusted(values)
-        want = builder.build({**values, "portfolio": np.asarray(values["portfolio"])})
-        np.testing.assert_equal(got, want)
-        for block in got.values() if isinstance(got, dict) else [got]:
-            assert block.dtype == np.float32
-            block[...] = -7777.5
-        assert not np.any(env.setup.arrays.features == -7777.5)
-        assert not np.any(forecast == -7777.5)
+        feats = env.setup.arrays.features
+        rows = {"forecast": forecast, "score": score}
+        assemble = builder.bar_assembler("market", feats, rows, "portfolio")
+        clone = pickle.loads(pickle.dumps(assemble))
+        given = [0.5, -0.25, 0.75, 0.1, 0.2, 0.3, 1.0 / 3.0]
+        for t in (7, 50, len(ds) - 1):
+            want = builder.build(
+                {
+                    "market": feats[t - 7 : t + 1],
+                    "forecast": forecast[t],
+                    "score": score[t],
+                    "portfolio": np.asarray(given),
+                }
+            )
+            got = assemble(t, given)
+            np.testing.assert_equal(got, want)
+            np.testing.assert_equal(clone(t, given), want)
+            if not flatten:
+                assert list(got) == list(want)  # the Dict keys keep the block order
+            for block in got.values() if isinstance(got, dict) else [got]:
+                assert block.dtype == np.float32 and block.flags.owndata
+                block[...] = -7777.5
+        assert not np.any(feats == -7777.5) and not np.any(forecast == -7777.5)
+        with pytest.raises(DataError, match="do not match"):
+            builder.bar_assembler("market", feats, {"forecast": forecast}, "portfolio")
+        with pytest.raises(DataError, match="forecast"):
+            builder.bar_assembler("market", feats, {**rows, "forecast": score}, "portfolio")
+        with pytest.raises(DataError, match="market"):
+            builder.bar_assembler("market", feats[:, :3], rows, "portfolio")
 
 
 @pytest.mark.parametrize("n_assets", [1, 3])
@@ -464,3 +485,15 @@ def test_scalar_state_copy_and_pickle() -> None:
     for other_core, other in ((fast, twin), (clone_core, clone_state)):
         other_core.step(other, [-0.5])  # the same step again: the same state
         assert_same_state(other_core, other, fast.to_core_state(state))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_assets", [1, 2, 5])
+def test_scalar_step_long_sweep(n_assets: int) -> None:
+    """The same pin over many more configurations and seeds (``pytest -m slow``)."""
+    rng = np.random.default_rng(1000 + n_assets)
+    for i in range(60):
+        dataset = volatile_dataset(n_assets=n_assets, seed=int(rng.integers(1 << 30)))
+        kwargs = dict(dataset=dataset, features=FEATURES, window=8, episode_length=30)
+        kwargs.update(random_config(rng, n_assets))
+        run_pinned(kwargs, seed=i, steps=150)
