@@ -164,16 +164,19 @@ class ScalarCore:
         self._sigma = arrays.sigma.tolist()
         self._volume = arrays.volume.tolist()
         self._bench = arrays.benchmark_log_return.tolist()
-        # One asset: everything a step at fill bar s reads, in one tuple per bar (row 0 unused).
-        self._bars1 = list(
-            zip(
-                arrays.open[:, 0].tolist(),
-                arrays.close[:, 0].tolist(),
-                [0.0, *arrays.sigma[:-1, 0].tolist()],
-                [1.0, *arrays.volume[:-1, 0].tolist()],
-                strict=True,
+        # One asset: everything a step at fill bar s reads, in one tuple per bar: open and
+        # close of s, sigma and volume of s - 1 (row 0 is never a fill bar: placeholders).
+        self._bars1: list[tuple[float, float, float, float]] = []
+        if self.n_assets == 1:
+            self._bars1 = list(
+                zip(
+                    arrays.open[:, 0].tolist(),
+                    arrays.close[:, 0].tolist(),
+                    [0.0, *arrays.sigma[:-1, 0].tolist()],
+                    [1.0, *arrays.volume[:-1, 0].tolist()],
+                    strict=True,
+                )
             )
-        )
         cfg = params.execution
         md = params.max_drawdown
         # Unpacked once per step; the per-bar factor and the drawdown threshold factor are
@@ -237,7 +240,7 @@ class ScalarCore:
         n = self.n_assets
         lat = self.params.execution.latency
         if self.reward_kind == _GENERIC:
-            rs = {k: np.array(v, dtype=np.float64) for k, v in state.reward_state.items()}
+            rs = {k: np.array(v) for k, v in state.reward_state.items()}
         else:
             rs = {k: np.array([v], dtype=np.float64) for k, v in state.reward_state.items()}
         return CoreState(
