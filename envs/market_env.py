@@ -513,7 +513,8 @@ class MarketTradingEnv(gym.Env):
         reward, terminated, truncated, step_cost, block, exposure = self._core_step(state, target)
         self._equity.append(state.value)
         moved = state.units[0] - prev_units
-        if moved:  # marker for the first asset's fills (the one whose price is drawn on top)
+        if moved and self.render_mode == "rgb_array":
+            # Fill markers for the first asset (the one whose price is drawn on top).
             self._fills.append((state.t, 1 if moved > 0 else -1))
         info = self._info(exposure, step_cost)
         if terminated or truncated:
@@ -523,7 +524,7 @@ class MarketTradingEnv(gym.Env):
                 self.setup.arrays.bars_per_year,
                 turnover=state.traded_notional / self.setup.params.initial_cash,
             )
-        return self._observation(block), reward, terminated, truncated, info
+        return self._assemble(state.t, block), reward, terminated, truncated, info
 
     def render(self) -> str | np.ndarray | None:
         """``ansi``: one text line per call; ``rgb_array``: price with fills and equity curve."""
