@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from envs.data.dataset import MarketDataset
+from envs.execution import ActionError
 from envs.market_core import initial_state, portfolio_block, step_core
 from envs.market_env import MarketTradingEnv, build_market_setup
 from envs.market_fast import MAX_FAST_ASSETS, ScalarActions, ScalarCore
@@ -366,9 +367,15 @@ def test_unusual_actions_take_the_validating_path() -> None:
     )
     env.reset(seed=0)
     assert env._actions.map(np.int64(2)) == [1.0]
-    for action in (2.0, np.array(2), np.array([2]), [2], True):
-        assert env._actions.map(action) is None or action is True
+    # A bool is an int to both paths: True is index 1, as np.asarray(True) gives.
+    assert env._actions.map(True) == env.setup.map_actions(True, 1)[0].tolist() == [0.0]
+    for action in (2.0, np.array(2), np.array([2]), [2]):
+        assert env._actions.map(action) is None
         env.step(action)  # accepted by the NumPy mapping, as before
+    for bad in (3, -1, np.int8(-1), 1.5):
+        assert env._actions.map(bad) is None
+        with pytest.raises(ActionError):
+            env.step(bad)
     cont = ScalarActions("continuous", None, env.setup.params.execution, (2,), 2)
     assert cont.map(np.array([np.nan, 0.0])) is None  # the NumPy path raises the ActionError
     assert cont.map(np.array([1, 0])) is None  # integer arrays: NumPy path
