@@ -292,7 +292,13 @@ ENV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", ENV_CASES, ids=lambda c: "-".join(map(str, c.values())))
+def _case_id(case: dict) -> str:
+    # Names, not reprs: a function's repr holds its address, which differs between pytest-xdist
+    # workers and makes them collect different test ids.
+    return "-".join(getattr(v, "__name__", str(v)) for v in case.values())
+
+
+@pytest.mark.parametrize("case", ENV_CASES, ids=_case_id)
 def test_env_step_equals_reference_built_from_step_core(case: dict) -> None:
     """Observation (bits and freshness), reward, flags and info of env.step vs the reference."""
     case = dict(case)
