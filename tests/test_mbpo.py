@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from omegaconf import OmegaConf
 
 from agents.checkpoint import CheckpointError
 from agents.mbpo import MBPO, MBPOConfig, rollout_length_at
@@ -49,6 +50,17 @@ def evaluate(agent: MBPO, episodes: int = 5) -> float:
             done = terminated or truncated
         returns.append(total)
     return float(np.mean(returns))
+
+
+class TagRecorder:
+    """A ScalarWriter that remembers the tags it was given."""
+
+    def __init__(self) -> None:
+        self.tags: set[str] = set()
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int) -> None:
+        assert np.isfinite(scalar_value)
+        self.tags.add(tag)
 
 
 def small_config(**overrides) -> MBPOConfig:
@@ -100,7 +112,7 @@ def test_checkpoint_resume_restores_state(trained: MBPO, tmp_path: Path) -> None
     path = tmp_path / "ckpt.pt"
     trained.save_checkpoint(path, include_buffer=True)
     env = PointMass()
-    fresh = MBPO(env.observation_space, env.action_space, small_config())
+    fresh = MBPO(env.observation_space, env.action_space, small_config(log_interval=5))
     fresh.load_checkpoint(path)
     assert fresh.num_timesteps == trained.num_timesteps and fresh.model_fits == 3
     assert fresh.sac.replay is not None and fresh.sac.replay.size == trained.sac.replay.size
@@ -111,10 +123,32 @@ def test_checkpoint_resume_restores_state(trained: MBPO, tmp_path: Path) -> None
     assert fresh.dynamics.ensemble.elite_indices.tolist() == (
         trained.dynamics.ensemble.elite_indices.tolist()
     )
-    fresh.learn(env, 265)  # resumes without error
+    writer = TagRecorder()
+    fresh.learn(env, 265, writer=writer)  # resumes and logs
     assert fresh.num_timesteps == 265
+    assert {"rollout/ep_rew_mean", "train/critic_loss", "time/fps"} <= writer.tags
     with pytest.raises(CheckpointError):
         trained.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_model_training_is_logged(trained: MBPO) -> None:
+    writer = TagRecorder()
+    trained._log(writer, 0.0, 0)
+    expected = {
+        "model/loss",
+        "model/elite_holdout_mse",
+        "rollout/length",
+        "rollout/model_buffer_size",
+    }
+    assert expected <= writer.tags
+
+
+def test_agent_config_file_builds() -> None:
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "configs" / "agent" / "mbpo.yaml")
+    assert cfg.kind == "mbpo"
+    params = OmegaConf.to_container(cfg.params, resolve=True)
+    config = MBPOConfig.from_dict({**params, "seed": 3, "device": "cpu"})
+    assert config.updates_per_step == 20 and config.real_ratio == 0.05
 
 
 def test_rollout_schedule_and_config_errors() -> None:
