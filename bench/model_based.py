@@ -89,7 +89,7 @@ class Tracker:
         }
 
 
-def run_mbpo(seed: int, cap: int, every: int, updates: int) -> dict[str, Any]:
+def run_mbpo(seed: int, cap: int, every: int, updates: int, train_freq: int) -> dict[str, Any]:
     from agents.mbpo import MBPO, MBPOConfig
 
     config = MBPOConfig.from_dict(
@@ -98,7 +98,7 @@ def run_mbpo(seed: int, cap: int, every: int, updates: int) -> dict[str, Any]:
             "ensemble": {"ensemble_size": 7, "num_elites": 5, "hidden": [200, 200, 200]},
             "model_training": {"max_epochs": 100},
             "learning_starts": 400,
-            "model_train_freq": 250,
+            "model_train_freq": train_freq,
             "rollout_batch_size": 2000,
             "rollout_schedule": [0, 100, 1, 1],  # Pendulum: 1-step rollouts (mbrl-lib)
             "model_retain_rollouts": 8,
@@ -110,7 +110,9 @@ def run_mbpo(seed: int, cap: int, every: int, updates: int) -> dict[str, Any]:
     )
     env = gym.make(ENV_ID)
     agent = MBPO(env.observation_space, env.action_space, config)
-    tracker = Tracker(f"mbpo (ours, {updates} upd/step)", lambda o: agent.act(o, True), every)
+    tracker = Tracker(
+        f"mbpo (ours, {updates} upd/step, fit/{train_freq})", lambda o: agent.act(o, True), every
+    )
     agent.learn(env, cap, callback=tracker)
     return tracker.result(cap)
 
@@ -202,6 +204,7 @@ def main() -> None:
     parser.add_argument("--cap-model-based", type=int, default=10_000)
     parser.add_argument("--cap-model-free", type=int, default=30_000)
     parser.add_argument("--mbpo-updates", type=int, default=20, help="SAC updates per env step")
+    parser.add_argument("--mbpo-train-freq", type=int, default=250, help="steps between fits")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--out-json", type=Path, default=None)
     parser.add_argument("--combine", type=Path, nargs="*", default=None)
@@ -213,7 +216,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     runners = {
         "mbpo": lambda: run_mbpo(
-            args.seed, args.cap_model_based, args.eval_every, args.mbpo_updates
+            args.seed,
+            args.cap_model_based,
+            args.eval_every,
+            args.mbpo_updates,
+            args.mbpo_train_freq,
         ),
         "pets": lambda: run_pets(args.seed, args.cap_model_based, args.eval_every),
         "sac": lambda: run_sac(args.seed, args.cap_model_free, args.eval_every),
