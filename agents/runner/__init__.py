@@ -1,0 +1,17 @@
+"""The policy runner: a trained run inside a bot loop (see ``agents.runner.market``)."""
+
+from agents.runner.limits import BarGuards, RiskLimits
+from agents.runner.market import PolicyRunner
+from agents.signals import BUY, HOLD, SELL, Fill, SignalLeg, TradeSignal
+
+__all__ = [
+    "BUY",
+    "HOLD",
+    "SELL",
+    "BarGuards",
+    "Fill",
+    "PolicyRunner",
+    "RiskLimits",
+    "SignalLeg",
+    "TradeSignal",
+]
