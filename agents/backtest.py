@@ -350,3 +350,109 @@ def check_run_kind(config: Mapping[str, Any]) -> None:
     kind = config.get("env", {}).get("kind")
     if kind != "market":
         raise ConfigError(f"backtest: env.kind={kind!r}; only market runs can be replayed")
+
+
+def load_replay_data(
+    spec: str,
+    split: str = "all",
+    train_share: float = 0.7,
+    val_share: float = 0.15,
+    seed: int = 0,
+) -> MarketDataset:
+    """Load the bars to replay: a CSV/Parquet path, ``sample`` or ``synthetic:<gen>:<bars>``.
+
+    Raises:
+        ConfigError: an unknown spec or split.
+    """
+    from agents.tasks import load_data
+    from envs.data.splits import chronological_split
+
+    spec = str(spec)
+    if spec in ("sample", "btc_usd_hourly"):
+        ds = load_data({"kind": "sample", "name": "btc_usd_hourly"}, seed)
+    elif spec.startswith("synthetic:"):
+        parts = spec.split(":")
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise ConfigError(f"data={spec!r}: expected synthetic:<generator>:<bars>")
+        ds = load_data({"kind": "synthetic", "generator": parts[1], "n_bars": int(parts[2])}, seed)
+    else:
+        kind = "parquet" if spec.endswith((".parquet", ".pq")) else "csv"
+        ds = load_data({"kind": kind, "path": spec}, seed)
+    if split == "all":
+        return ds
+    parts = dict(zip(("train", "val", "test"), chronological_split(ds, train_share, val_share)))
+    if split not in parts:
+        raise ConfigError(f"split: expected all, train, val or test, got {split!r}")
+    return parts[split]
+
+
+def paper_trade(
+    runner: PolicyRunner,
+    dataset: MarketDataset,
+    journal: str | Path,
+    pace: float = 0.0,
+    max_bars: int | None = None,
+    echo: Callable[[str], None] | None = print,
+    quiet: bool = False,
+) -> dict[str, float]:
+    """A paper-trading bot loop: feed bars at ``pace``, print signals, journal signals and fills.
+
+    Fills are simulated by the env's execution (next bar's open, fees, spread, impact) and
+    reported back to the runner with ``on_fill`` / ``sync_account``, as a real bot would.
+
+    Returns:
+        Final value, return and the number of fills.
+    """
+    import csv
+    import time
+
+    runner.symbols = tuple(dataset.symbols)
+    runner.reset()
+    vol_lookback = int(getattr(runner, "env_kwargs", {}).get("vol_lookback", 24))
+    broker = SimulatedBroker(dataset, runner.execution, runner.initial_cash, vol_lookback)
+    journal = Path(journal)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    n = len(dataset) if max_bars is None else min(len(dataset), int(max_bars))
+    fills = 0
+    with open(journal, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["kind", "timestamp", "symbol", "side", "size", "price_or_notional", "target",
+             "confidence", "value", "reason"]
+        )
+        for t in range(n):
+            sig = runner.on_bar(bar_dict(dataset, t))
+            stamp = np.datetime64(sig.timestamp, "ns").astype("datetime64[s]")
+            target = "" if sig.target_exposure is None else ";".join(
+                f"{x:.4f}" for x in sig.target_exposure
+            )
+            writer.writerow(
+                ["signal", stamp, sig.symbol, sig.side, f"{sig.size:.8g}", f"{sig.notional:.2f}",
+                 target, f"{sig.confidence:.3f}", f"{runner.value:.2f}", sig.reason]
+            )
+            if echo is not None and (not quiet or sig.side != "HOLD"):
+                echo(
+                    f"{stamp} {sig.side:4s} {sig.symbol} size={sig.size:.6g} "
+                    f"target={target or '-'} conf={sig.confidence:.2f} "
+                    f"value={runner.value:.2f} | {sig.reason}"
+                )
+            if t + 1 < n:
+                target_arr = None if sig.target_exposure is None else np.asarray(sig.target_exposure)
+                info = broker.step(target_arr)
+                for j, sym in enumerate(runner.symbols):
+                    q = float(info["q"][j])
+                    if q != 0.0:
+                        fills += 1
+                        price = float(info["price"][j])
+                        runner.on_fill(Fill(sym, q, price, info["cost"] if j == 0 else 0.0))
+                        writer.writerow(
+                            ["fill", np.datetime64(int(dataset.timestamps[t + 1]), "ns").astype(
+                                "datetime64[s]"), sym, "BUY" if q > 0 else "SELL",
+                             f"{abs(q):.8g}", f"{price:.6g}", "", "", "", "simulated fill"]
+                        )
+                runner.sync_account(float(broker.state.cash[0]), broker.state.units[0])
+            f.flush()
+            if pace > 0:
+                time.sleep(pace)
+    final = float(broker.state.value[0])
+    return {"final_value": final, "return": final / runner.initial_cash - 1.0, "fills": fills}
