@@ -150,7 +150,7 @@ def _drive(
     last = len(dataset) - 1
     entry_value = None
     for t in range(len(dataset)):
-        target, record = decide(t)
+        target, _ = decide(t)
         if t >= first:
             st = broker.state
             value = float(st.value[0])
@@ -345,13 +345,6 @@ def save_chart(result: BacktestResult, path: str | Path, title: str = "backtest"
     return path
 
 
-def check_run_kind(config: Mapping[str, Any]) -> None:
-    """Raise a ``ConfigError`` for runs this backtest cannot replay."""
-    kind = config.get("env", {}).get("kind")
-    if kind != "market":
-        raise ConfigError(f"backtest: env.kind={kind!r}; only market runs can be replayed")
-
-
 def load_replay_data(
     spec: str,
     split: str = "all",
@@ -380,7 +373,9 @@ def load_replay_data(
         ds = load_data({"kind": kind, "path": spec}, seed)
     if split == "all":
         return ds
-    parts = dict(zip(("train", "val", "test"), chronological_split(ds, train_share, val_share)))
+    parts = dict(
+        zip(("train", "val", "test"), chronological_split(ds, train_share, val_share), strict=True)
+    )
     if split not in parts:
         raise ConfigError(f"split: expected all, train, val or test, got {split!r}")
     return parts[split]
@@ -417,18 +412,40 @@ def paper_trade(
     with open(journal, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
-            ["kind", "timestamp", "symbol", "side", "size", "price_or_notional", "target",
-             "confidence", "value", "reason"]
+            [
+                "kind",
+                "timestamp",
+                "symbol",
+                "side",
+                "size",
+                "price_or_notional",
+                "target",
+                "confidence",
+                "value",
+                "reason",
+            ]
         )
         for t in range(n):
             sig = runner.on_bar(bar_dict(dataset, t))
             stamp = np.datetime64(sig.timestamp, "ns").astype("datetime64[s]")
-            target = "" if sig.target_exposure is None else ";".join(
-                f"{x:.4f}" for x in sig.target_exposure
+            target = (
+                ""
+                if sig.target_exposure is None
+                else ";".join(f"{x:.4f}" for x in sig.target_exposure)
             )
             writer.writerow(
-                ["signal", stamp, sig.symbol, sig.side, f"{sig.size:.8g}", f"{sig.notional:.2f}",
-                 target, f"{sig.confidence:.3f}", f"{runner.value:.2f}", sig.reason]
+                [
+                    "signal",
+                    stamp,
+                    sig.symbol,
+                    sig.side,
+                    f"{sig.size:.8g}",
+                    f"{sig.notional:.2f}",
+                    target,
+                    f"{sig.confidence:.3f}",
+                    f"{runner.value:.2f}",
+                    sig.reason,
+                ]
             )
             if echo is not None and (not quiet or sig.side != "HOLD"):
                 echo(
@@ -437,7 +454,9 @@ def paper_trade(
                     f"value={runner.value:.2f} | {sig.reason}"
                 )
             if t + 1 < n:
-                target_arr = None if sig.target_exposure is None else np.asarray(sig.target_exposure)
+                target_arr = (
+                    None if sig.target_exposure is None else np.asarray(sig.target_exposure)
+                )
                 info = broker.step(target_arr)
                 for j, sym in enumerate(runner.symbols):
                     q = float(info["q"][j])
@@ -446,9 +465,20 @@ def paper_trade(
                         price = float(info["price"][j])
                         runner.on_fill(Fill(sym, q, price, info["cost"] if j == 0 else 0.0))
                         writer.writerow(
-                            ["fill", np.datetime64(int(dataset.timestamps[t + 1]), "ns").astype(
-                                "datetime64[s]"), sym, "BUY" if q > 0 else "SELL",
-                             f"{abs(q):.8g}", f"{price:.6g}", "", "", "", "simulated fill"]
+                            [
+                                "fill",
+                                np.datetime64(int(dataset.timestamps[t + 1]), "ns").astype(
+                                    "datetime64[s]"
+                                ),
+                                sym,
+                                "BUY" if q > 0 else "SELL",
+                                f"{abs(q):.8g}",
+                                f"{price:.6g}",
+                                "",
+                                "",
+                                "",
+                                "simulated fill",
+                            ]
                         )
                 runner.sync_account(float(broker.state.cash[0]), broker.state.units[0])
             f.flush()

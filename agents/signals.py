@@ -1,4 +1,4 @@
-"""What the policy runner hands a trading bot: ``TradeSignal``, and what the bot reports back: ``Fill``.
+"""What the policy runner hands a bot (``TradeSignal``) and what the bot reports back (``Fill``).
 
 Plain frozen dataclasses with ``to_dict`` for journals and JSON; no torch, no env state.
 """

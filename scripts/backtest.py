@@ -17,8 +17,18 @@ from agents.evaluation import format_table
 from agents.runner import PolicyRunner
 from envs.errors import ConfigError, DataError
 
-COLUMNS = ["return", "sharpe", "sortino", "max_drawdown", "calmar", "turnover", "fees", "gas",
-           "trades", "win_rate"]
+COLUMNS = [
+    "return",
+    "sharpe",
+    "sortino",
+    "max_drawdown",
+    "calmar",
+    "turnover",
+    "fees",
+    "gas",
+    "trades",
+    "win_rate",
+]
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="backtest")
@@ -33,7 +43,10 @@ def main(cfg: DictConfig) -> None:
             guards=OmegaConf.to_container(cfg.guards),
         )
         data = load_replay_data(
-            str(cfg.dataset), str(cfg.split), float(cfg.train_share), float(cfg.val_share),
+            str(cfg.dataset),
+            str(cfg.split),
+            float(cfg.train_share),
+            float(cfg.val_share),
             int(cfg.seed),
         )
         result = run_backtest(runner, data, baselines=bool(cfg.baselines))
@@ -44,7 +57,9 @@ def main(cfg: DictConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "backtest.json").write_text(result.to_json())
     chart = save_chart(result, out / "backtest.png", title=f"{cfg.run} on {data.source}")
-    print(f"\nReplay of {len(data)} bars from {data.source} (decisions from bar {result.first_bar}):")
+    print(
+        f"\nReplay of {len(data)} bars from {data.source} (decisions from bar {result.first_bar}):"
+    )
     print(format_table(result.metrics, COLUMNS))
     print(f"\nwrote {out / 'backtest.json'} and {chart}")
 
@@ -52,7 +67,5 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     # `data` is also the name of a config group (configs/data/), so Hydra would read `data=x.csv`
     # as a group choice; the command line of the issue is kept by renaming it to `dataset=`.
-    sys.argv = [
-        "dataset=" + a[len("data=") :] if a.startswith("data=") else a for a in sys.argv
-    ]
+    sys.argv = ["dataset=" + a[len("data=") :] if a.startswith("data=") else a for a in sys.argv]
     main()

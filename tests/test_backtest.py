@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_runner import _train  # tests/ is on sys.path (rootdir-relative, no package)
 
 from agents.backtest import paper_trade, run_backtest, save_chart
 from agents.evaluation import agent_policy, evaluate_policy
 from agents.runner import PolicyRunner
 from envs.data import gbm
 from envs.market_env import MarketTradingEnv
-from test_runner import _train  # tests/ is on sys.path (rootdir-relative, no package)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,10 @@ def test_replay_matches_env_evaluation(q_run: Path, tmp_path: Path) -> None:
     runner = PolicyRunner.from_run(q_run, device="cpu")
     ds = gbm(400, seed=11)
     env = MarketTradingEnv(
-        dataset=ds, scaler=runner.scaler, random_start=False, episode_length=None,
+        dataset=ds,
+        scaler=runner.scaler,
+        random_start=False,
+        episode_length=None,
         **runner.env_kwargs,
     )
     expected = evaluate_policy(agent_policy(runner.agent), env, 1, seed=0)

@@ -59,7 +59,11 @@ def sac_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train(
         tmp_path_factory.mktemp("sac_run"),
         "sac",
-        ["agent.params.learning_starts=40", "agent.params.batch_size=32", "agent.params.net_arch=[32,32]"],
+        [
+            "agent.params.learning_starts=40",
+            "agent.params.batch_size=32",
+            "agent.params.net_arch=[32,32]",
+        ],
     )
 
 
@@ -98,7 +102,7 @@ def _replay_against_env(runner: PolicyRunner, n_bars: int = 260, seed: int = 7) 
         np.testing.assert_array_equal(np.asarray(signal.target_exposure), mapped[0])
         out["decisions"] += 1
         units_before = env.unwrapped._scalar.units[0]
-        obs, _, term, trunc, info = env.step(action)
+        obs, _, term, trunc, _ = env.step(action)
         state = env.unwrapped._scalar
         q = state.units[0] - units_before
         if q != 0.0:  # the bot reports the fill, then the exchange's balances (funding, costs)
@@ -201,7 +205,13 @@ def test_limits_and_confidence_threshold(sac_run: Path) -> None:
             assert leg.size <= 0.2 + 1e-12
             assert abs(leg.target_units) <= 0.5 + 1e-9
             if leg.side != HOLD:
-                runner.on_fill(Fill(leg.symbol, leg.size if leg.side == "BUY" else -leg.size, leg.reference_price))
+                runner.on_fill(
+                    Fill(
+                        leg.symbol,
+                        leg.size if leg.side == "BUY" else -leg.size,
+                        leg.reference_price,
+                    )
+                )
     strict = PolicyRunner.from_run(sac_run, device="cpu", limits={"confidence_threshold": 1.0})
     sigs = [strict.on_bar(bar_dict(ds, t)) for t in range(len(ds))]
     decided = [s for s in sigs if "warming up" not in s.reason]
@@ -234,7 +244,7 @@ def test_unpickling_payload_is_refused(q_run: Path, tmp_path: Path) -> None:
 
     with open(bad_run / "policy.pt", "wb") as f:
         pickle.dump({"format": "x", "evil": Payload()}, f)
-    with pytest.raises(CheckpointError, match="refused|not a readable"):
+    with pytest.raises(CheckpointError, match=r"refused|not a readable"):
         PolicyRunner.from_run(bad_run, device="cpu")
     assert not marker.exists()
     # A torch-saved payload (zip format) is refused as well.
@@ -245,5 +255,5 @@ def test_unpickling_payload_is_refused(q_run: Path, tmp_path: Path) -> None:
 
 
 def test_missing_run_files_are_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="config.yaml"):
+    with pytest.raises(ConfigError, match=r"config\.yaml"):
         PolicyRunner.from_run(tmp_path)

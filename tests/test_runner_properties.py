@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from agents.runner import HOLD, Fill, PolicyRunner, RiskLimits
 from envs.execution import ExecutionConfig
-from envs.features.scaling import StandardScaler
 from envs.features.pipeline import DEFAULT_FEATURES
+from envs.features.scaling import StandardScaler
 
 
 class _RandomPolicy:
@@ -119,8 +119,17 @@ def test_no_exception_limits_hold_and_holds_have_reasons(bars, seed, fill_prob) 
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=5),
-                          st.dictionaries(st.text(max_size=8), _value, max_size=7)), max_size=30))
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=5),
+            st.dictionaries(st.text(max_size=8), _value, max_size=7),
+        ),
+        max_size=30,
+    )
+)
 def test_arbitrary_objects_give_hold(objects) -> None:
     runner = _runner(0, RiskLimits())
     for obj in objects:

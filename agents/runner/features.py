@@ -237,10 +237,10 @@ class StreamingFeatures:
         self._closes.push(close)
         ret = None if prev is None else np.log(close / prev)
         if ret is not None:
-            for (src, w), ring in self._rings.items():
+            for (src, _), ring in self._rings.items():
                 if src == "ret":
                     ring.push(ret)
-        for (src, w), ring in self._rings.items():
+        for (src, _), ring in self._rings.items():
             if src == "close":
                 ring.push(close)
             elif src == "volume":

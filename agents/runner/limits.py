@@ -75,7 +75,8 @@ class RiskLimits:
             _check_optional_positive(name, getattr(self, name))
         if not math.isfinite(self.min_trade_notional) or self.min_trade_notional < 0:
             raise ConfigError(
-                f"limits.min_trade_notional: expected a number >= 0, got {self.min_trade_notional!r}"
+                "limits.min_trade_notional: expected a number >= 0, got "
+                f"{self.min_trade_notional!r}"
             )
         if int(self.vol_lookback) != self.vol_lookback or self.vol_lookback < 2:
             raise ConfigError(

@@ -60,7 +60,7 @@ def to_ns(value: Any) -> int:
     if isinstance(value, (float, np.floating)):
         if not math.isfinite(value):
             raise ValueError(f"non-finite timestamp {value!r}")
-        return int(round(float(value) * 1e9))  # float = seconds since the epoch
+        return round(float(value) * 1e9)  # float = seconds since the epoch
     if hasattr(value, "value") and hasattr(value, "tz_localize"):  # pandas.Timestamp
         return int(value.value)
     ts = np.datetime64(value.replace(tzinfo=None) if hasattr(value, "tzinfo") else value, "ns")
