@@ -25,6 +25,7 @@ this class. ``compile=True`` wraps the networks' forward passes with ``torch.com
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -47,6 +48,8 @@ from agents.spaces import ObservationFlattener, space_from_dict, space_to_dict
 from envs.errors import ConfigError
 
 __all__ = ["SAC", "SACConfig", "SquashedGaussianActor"]
+
+logger = logging.getLogger(__name__)
 
 _POLICY_FORMAT = "marketrl.sac.policy"
 _CHECKPOINT_FORMAT = "marketrl.sac.checkpoint"
@@ -363,6 +366,7 @@ class SAC(Learner):
         replay = ReplayBuffer(
             self.observation_space, self.action_space, self.config.buffer_size, self.device
         )
+        logger.info("SAC replay buffer: %s", replay.describe())
         return replay
 
     def _check_env(self, env: gym.Env) -> None:
