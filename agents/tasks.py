@@ -6,7 +6,10 @@ Three kinds of task:
   generator) split chronologically; the feature scaler is fitted on the training split only and
   reused by the validation and test envs (and saved in the run directory).
 - ``arbitrage``: ``Arbitrage-v0``; training, validation and test episodes come from disjoint
-  scenario seeds, so evaluation is on held-out market paths.
+  scenario seeds, so evaluation is on held-out market paths. With predictors
+  (``predictor=[gas,...]``) the three splits are instead consecutive parts of one fixed seeded
+  scenario (``arbitrage_scenario`` sizes), so predictor blocks can be computed walk-forward over
+  it once, fitted on the training part only (``agents.predictor_blocks``).
 - ``gym``: any registered Gymnasium id (``Pendulum-v1``, ``CartPole-v1`` ...), for checking agents
   against the literature.
 
@@ -27,6 +30,13 @@ from omegaconf import DictConfig, OmegaConf
 
 import envs  # noqa: F401  (registers our env ids)
 from agents.evaluation import Policy
+from agents.predictor_blocks import (
+    PredictorBlocks,
+    arbitrage_predictor_blocks,
+    arbitrage_scenario,
+    market_predictor_blocks,
+    predictor_specs,
+)
 from envs.data.dataset import MarketDataset
 from envs.errors import ConfigError
 
@@ -49,6 +59,8 @@ class Task:
         table_columns: metrics shown in the final table (None: all).
         baseline_env: env the baselines run on when they need another action mode than the
             agent's (same market paths for the same seeds); None: ``test_env``.
+        predictors: the fitted predictors and their blocks when ``cfg.predictors`` is set (the
+            trainer saves them in ``<run_dir>/predictors/``); None without predictors.
     """
 
     train_env: gym.Env
@@ -61,6 +73,7 @@ class Task:
     test_seed: int = 20_000
     table_columns: list[str] | None = None
     baseline_env: gym.Env | None = None
+    predictors: PredictorBlocks | None = None
 
 
 def _plain(node: Any) -> dict[str, Any]:
@@ -145,24 +158,34 @@ def _market_task(cfg: DictConfig) -> Task:
 
     data_cfg = _plain(cfg.data)
     dataset = load_data(data_cfg, int(cfg.seed))
-    train, val, test = chronological_split(
-        dataset, train=float(data_cfg.get("train", 0.7)), val=float(data_cfg.get("val", 0.15))
-    )
+    shares = float(data_cfg.get("train", 0.7)), float(data_cfg.get("val", 0.15))
+    train, val, test = chronological_split(dataset, train=shares[0], val=shares[1])
     kwargs = _plain(cfg.env.get("kwargs"))
     _action_mode(cfg, kwargs)
-    train_env = gym.make(str(cfg.env.id), dataset=train, **kwargs)
+    # Predictor blocks are walked once over the whole dataset (fitted on the training rows only)
+    # and sliced per split, so validation and test blocks continue from the training data.
+    specs = predictor_specs(cfg, "market")
+    blocks = market_predictor_blocks(specs, dataset, *shares) if specs else None
+
+    def split_kwargs(split: str, base: dict[str, Any]) -> dict[str, Any]:
+        return base if blocks is None else dict(base, predictor_blocks=blocks.splits[split])
+
+    train_env = gym.make(str(cfg.env.id), dataset=train, **split_kwargs("train", kwargs))
     scaler = train_env.unwrapped.scaler
     # Validation and test run one episode over their whole split from its first decision bar,
     # with the scaler fitted on the training split (nothing is fitted on held-out data).
     eval_kwargs = dict(kwargs, random_start=False, episode_length=None, scaler=scaler)
-    val_env = gym.make(str(cfg.env.id), dataset=val, **eval_kwargs)
-    test_env = gym.make(str(cfg.env.id), dataset=test, **eval_kwargs)
+    val_env = gym.make(str(cfg.env.id), dataset=val, **split_kwargs("val", eval_kwargs))
+    test_env = gym.make(str(cfg.env.id), dataset=test, **split_kwargs("test", eval_kwargs))
+    artifacts: dict[str, Any] = {"feature_scaler": scaler.to_dict()}
+    if blocks is not None:
+        artifacts["predictor_blocks"] = blocks.manifest()
     return Task(
         train_env=train_env,
         val_env=val_env,
         test_env=test_env,
         baselines=_market_baselines(train_env),
-        artifacts={"feature_scaler": scaler.to_dict()},
+        artifacts=artifacts,
         score_key="mean_reward",
         table_columns=[
             "mean_reward",
@@ -173,6 +196,7 @@ def _market_task(cfg: DictConfig) -> Task:
             "calmar",
             "turnover",
         ],
+        predictors=blocks,
     )
 
 
@@ -209,14 +233,46 @@ def _arbitrage_task(cfg: DictConfig) -> Task:
     kwargs = _plain(cfg.env.get("kwargs"))
     _action_mode(cfg, kwargs)
     env_id = str(cfg.env.id)
-    # Every episode is a fresh scenario drawn from the env's seeded RNG: training episodes follow
-    # the run's seed, validation and test episodes use disjoint seed ranges (held-out paths).
-    train_env = gym.make(env_id, **kwargs)
     eval_kwargs = dict(kwargs, episode_length=cfg.env.get("eval_episode_length") or None)
     if eval_kwargs["episode_length"] is None:
         eval_kwargs.pop("episode_length")
-    val_env = gym.make(env_id, **eval_kwargs)
-    test_env = gym.make(env_id, **eval_kwargs)
+    specs = predictor_specs(cfg, "arbitrage")
+    blocks = None
+    if specs:
+        # With predictors: one fixed long scenario cut into train/val/test rows; episodes are
+        # windows of their split at seeded random offsets, blocks are rows of the same scenario.
+        sizes = _plain(cfg.get("arbitrage_scenario"))
+        probe = gym.make(env_id, **kwargs).unwrapped
+        # Evaluation episodes default to the training length here ("null: same as training
+        # episodes", configs/env/arbitrage.yaml), so they fit in the held-out rows.
+        eval_kwargs.setdefault("episode_length", probe.episode_length)
+        need = probe.cfg.gas_window + 1 + max(probe.episode_length, eval_kwargs["episode_length"])
+        for key in ("train_blocks", "val_blocks", "test_blocks"):
+            if isinstance(sizes.get(key), int) and sizes[key] < need:
+                raise ConfigError(
+                    f"arbitrage_scenario.{key}: {sizes[key]} rows, an episode needs {need} "
+                    "(episode_length + gas_window + 1)"
+                )
+        scenario, rows = arbitrage_scenario(probe.cfg.n_pools, sizes, int(cfg.seed))
+        source = f"generate_scenario(seed=[{int(cfg.seed)}, 6], rows={len(scenario)})"
+        blocks = arbitrage_predictor_blocks(specs, scenario, rows, kwargs, source)
+        fixed = {
+            split: {
+                "scenario": scenario.window(*rows[split]),
+                "predictor_blocks": blocks.splits[split],
+            }
+            for split in rows
+        }
+        train_env = gym.make(env_id, **dict(kwargs, **fixed["train"]))
+        val_env = gym.make(env_id, **dict(eval_kwargs, **fixed["val"]))
+        test_env = gym.make(env_id, **dict(eval_kwargs, **fixed["test"]))
+        eval_kwargs = dict(eval_kwargs, **fixed["test"])
+    else:
+        # Every episode is a fresh scenario drawn from the env's seeded RNG: training episodes
+        # follow the run's seed, validation and test episodes use disjoint seed ranges.
+        train_env = gym.make(env_id, **kwargs)
+        val_env = gym.make(env_id, **eval_kwargs)
+        test_env = gym.make(env_id, **eval_kwargs)
     # The oracle and the threshold rule act in the continuous mode; on the same seeds they see
     # the same market paths as the agent's (possibly discrete) test env.
     baseline_env = (
@@ -235,6 +291,8 @@ def _arbitrage_task(cfg: DictConfig) -> Task:
         baselines={name: baseline(name) for name in ("oracle", "threshold", "noop", "random")},
         score_key="total_profit",
         baseline_env=baseline_env,
+        artifacts={} if blocks is None else {"predictor_blocks": blocks.manifest()},
+        predictors=blocks,
         table_columns=[
             "mean_reward",
             "total_profit",

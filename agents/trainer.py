@@ -15,6 +15,7 @@ Run directory layout (``runs/<env>/<agent>/<timestamp>/``)::
     checkpoints/last.pt   latest training checkpoint (policy, optimisers, counters, RNG)
     policy.pt             final policy        best_policy.pt  best validation policy
     artifacts/            fitted scalers and other task artifacts (JSON)
+    predictors/           with predictor=[...]: each fitted predictor (<name>/) and manifest.json
     metrics.json          validation history, test table, timings
 """
 
@@ -130,6 +131,9 @@ def train(
     )
     for name, payload in task.artifacts.items():
         atomic_write_text(run_dir / "artifacts" / f"{name}.json", json.dumps(payload, indent=2))
+    if task.predictors is not None:
+        # Fitted on the training split only; the policy runner reloads them from here.
+        task.predictors.save(run_dir / "predictors")
 
     resumed_from = None
     if cfg.get("resume"):
