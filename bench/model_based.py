@@ -89,12 +89,14 @@ class Tracker:
         }
 
 
-def run_mbpo(seed: int, cap: int, every: int, updates: int, train_freq: int) -> dict[str, Any]:
+def run_mbpo(
+    seed: int, cap: int, every: int, updates: int, train_freq: int, sac_lr: float
+) -> dict[str, Any]:
     from agents.mbpo import MBPO, MBPOConfig
 
     config = MBPOConfig.from_dict(
         {
-            "sac": {"learning_rate": 3e-4, "batch_size": 256, "net_arch": [256, 256]},
+            "sac": {"learning_rate": sac_lr, "batch_size": 256, "net_arch": [256, 256]},
             "ensemble": {"ensemble_size": 7, "num_elites": 5, "hidden": [200, 200, 200]},
             "model_training": {"max_epochs": 100},
             "learning_starts": 400,
@@ -205,6 +207,7 @@ def main() -> None:
     parser.add_argument("--cap-model-free", type=int, default=30_000)
     parser.add_argument("--mbpo-updates", type=int, default=20, help="SAC updates per env step")
     parser.add_argument("--mbpo-train-freq", type=int, default=250, help="steps between fits")
+    parser.add_argument("--mbpo-sac-lr", type=float, default=3e-4, help="MBPO's SAC step size")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--out-json", type=Path, default=None)
     parser.add_argument("--combine", type=Path, nargs="*", default=None)
@@ -221,6 +224,7 @@ def main() -> None:
             args.eval_every,
             args.mbpo_updates,
             args.mbpo_train_freq,
+            args.mbpo_sac_lr,
         ),
         "pets": lambda: run_pets(args.seed, args.cap_model_based, args.eval_every),
         "sac": lambda: run_sac(args.seed, args.cap_model_free, args.eval_every),
