@@ -419,7 +419,8 @@ def _json_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
     return out
 
 
-def _iso(ns: int) -> str:
+def utc_iso(ns: int) -> str:
+    """ISO-8601 UTC string of a nanosecond epoch timestamp."""
     import datetime as dt
 
     return dt.datetime.fromtimestamp(int(ns) / 1e9, tz=dt.timezone.utc).isoformat()
@@ -506,7 +507,7 @@ def market_predictor_blocks(
         splits,
         fitted,
         rows,
-        fit_range_time=(_iso(ts[a]), _iso(ts[b - 1])),
+        fit_range_time=(utc_iso(ts[a]), utc_iso(ts[b - 1])),
         source=str(dataset.source),
     )
 

@@ -27,7 +27,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from agents.predictor_blocks import (
-    _iso,
     arbitrage_scenario,
     build_from_spec,
     defi_series,
@@ -37,6 +36,7 @@ from agents.predictor_blocks import (
     predictor_specs,
     split_row_ranges,
     torch_threads,
+    utc_iso,
 )
 from envs.errors import ConfigError, DataError
 
@@ -128,8 +128,8 @@ def train_predictor(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             "columns": list(predictor.block_columns()),
         }
         if timestamps is not None:
-            metrics["fit_range_time"] = [_iso(timestamps[a]), _iso(timestamps[b - 1])]
-            metrics["test_range_time"] = [_iso(timestamps[ta]), _iso(timestamps[tb - 1])]
+            metrics["fit_range_time"] = [utc_iso(timestamps[a]), utc_iso(timestamps[b - 1])]
+            metrics["test_range_time"] = [utc_iso(timestamps[ta]), utc_iso(timestamps[tb - 1])]
 
         if isinstance(predictor, Forecaster):
             table = evaluate_forecaster(predictor, series, rows)
