@@ -1,9 +1,9 @@
 """Build and load agents from the ``agent`` config group.
 
-An agent config names a ``kind`` (``sac``, ``qlearning``, ``sb3``) and its hyperparameters under
-``params``; SB3 configs add ``algo`` and ``policy_kwargs``. The run's ``seed`` and ``device`` are
-filled in here, so one config file serves every seed and machine. Imports are lazy so that asking
-for one agent never imports the others' dependencies.
+An agent config names a ``kind`` (``sac``, ``qlearning``, ``mbpo``, ``pets``, ``sb3``) and its
+hyperparameters under ``params``; SB3 configs add ``algo`` and ``policy_kwargs``. The run's
+``seed`` and ``device`` are filled in here, so one config file serves every seed and machine.
+Imports are lazy so that asking for one agent never imports the others' dependencies.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from agents.base import Agent, Learner
 from envs.errors import ConfigError
 
-AGENT_KINDS = ("sac", "qlearning", "sb3")
+AGENT_KINDS = ("sac", "qlearning", "mbpo", "pets", "sb3")
 
 
 def _plain(node: Any) -> dict[str, Any]:
@@ -72,6 +72,14 @@ def build_agent(
         return QLearningAgent(
             env.observation_space, env.action_space, QLearningConfig.from_dict(params)
         )
+    if kind == "mbpo":
+        from agents.mbpo import MBPO, MBPOConfig
+
+        return MBPO(env.observation_space, env.action_space, MBPOConfig.from_dict(params))
+    if kind == "pets":
+        from agents.pets import PETS, PETSConfig
+
+        return PETS(env.observation_space, env.action_space, PETSConfig.from_dict(params))
     from agents.sb3_adapter import SB3Agent
 
     params.pop("seed")
@@ -100,6 +108,14 @@ def load_agent(agent_cfg: Mapping[str, Any], path: str | Path, device: str = "au
         from agents.qlearning import QLearningAgent
 
         return QLearningAgent.load(path, device=device)
+    if kind == "mbpo":
+        from agents.mbpo import MBPO
+
+        return MBPO.load(path, device=device)
+    if kind == "pets":
+        from agents.pets import PETS
+
+        return PETS.load(path, device=device)
     from agents.sb3_adapter import SB3Agent
 
     return SB3Agent.load(path, device=device)

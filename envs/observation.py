@@ -84,11 +84,14 @@ class ObservationBuilder:
             b.name: slice(int(offsets[i]), int(offsets[i + 1])) for i, b in enumerate(self.blocks)
         }
         self.flat_dim = int(offsets[-1])
+        # A list of pairs keeps the blocks' order (a plain dict would be sorted by Gymnasium), so
+        # flattening the Dict space in its key order (what agents and gymnasium.spaces.flatten
+        # do) gives exactly the layout of ``flat_slices`` / ``to_flat``.
         dict_space = spaces.Dict(
-            {
-                b.name: spaces.Box(low=b.low, high=b.high, shape=b.shape, dtype=np.float32)
+            [
+                (b.name, spaces.Box(low=b.low, high=b.high, shape=b.shape, dtype=np.float32))
                 for b in self.blocks
-            }
+            ]
         )
         if self.flatten:
             low = np.concatenate([np.full(b.size, b.low, np.float32) for b in self.blocks])

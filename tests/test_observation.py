@@ -61,3 +61,12 @@ def test_bad_blocks_are_named() -> None:
         builder.build({"market": np.zeros((3, 2))})
     with pytest.raises(DataError, match="duplicate"):
         ObservationBuilder([BlockSpec("a", (1,)), BlockSpec("a", (1,))])
+
+
+def test_dict_space_keeps_block_order_so_flatten_layouts_agree() -> None:
+    from gymnasium.spaces import flatten
+
+    builder = ObservationBuilder([BlockSpec("zeta", (2,)), BlockSpec("alpha", (1,))], flatten=False)
+    assert list(builder.observation_space.spaces) == ["zeta", "alpha"]
+    obs = builder.build({"zeta": np.array([1.0, 2.0]), "alpha": np.array([3.0])})
+    np.testing.assert_array_equal(flatten(builder.observation_space, obs), builder.to_flat(obs))
