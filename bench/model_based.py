@@ -10,8 +10,8 @@ least 3x fewer than SAC.
 
 Defaults of our MBPO here: SAC lr 1e-3 (as our SAC and SB3's in this table), 20 SAC updates
 per real step (MBPO), 5% real data, a 7-member [200, 200, 200] ensemble refitted every 250 steps
-after 400 random steps, 2,000 one-step branched rollouts per fit (1-step rollouts suit
-Pendulum, as in mbrl-lib's MBPO setups). PETS is optional: on a shared CPU its planning makes
+after 400 random steps, 2,000 one-step branched rollouts per fit (MBPO's schedule also starts
+at length 1; longer rollouts were not tried here). PETS is optional: on a shared CPU its planning makes
 every eval episode cost minutes.
 
 The agents can be run as separate processes (``--agents mbpo --out-json a.json`` ...) and the
@@ -108,7 +108,7 @@ def run_mbpo(
             "learning_starts": 400,
             "model_train_freq": train_freq,
             "rollout_batch_size": 2000,
-            "rollout_schedule": [0, 100, 1, 1],  # Pendulum: 1-step rollouts (mbrl-lib)
+            "rollout_schedule": [0, 100, 1, 1],  # fixed 1-step rollouts
             "model_retain_rollouts": 8,
             "real_ratio": 0.05,
             "updates_per_step": updates,
