@@ -11,8 +11,8 @@ least 3x fewer than SAC.
 Defaults of our MBPO here: SAC lr 1e-3 (as our SAC and SB3's in this table), 20 SAC updates
 per real step (MBPO), 5% real data, a 7-member [200, 200, 200] ensemble refitted every 250 steps
 after 400 random steps, 2,000 one-step branched rollouts per fit (MBPO's schedule also starts
-at length 1; longer rollouts were not tried here). PETS is optional: on a shared CPU its planning makes
-every eval episode cost minutes.
+at length 1; longer rollouts were not tried here). PETS is optional: on a shared CPU its
+planning makes every eval episode cost minutes.
 
 The agents can be run as separate processes (``--agents mbpo --out-json a.json`` ...) and the
 results printed together with ``--combine a.json b.json ...``. Wall times depend on the machine
