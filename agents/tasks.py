@@ -233,9 +233,12 @@ def _arbitrage_task(cfg: DictConfig) -> Task:
     kwargs = _plain(cfg.env.get("kwargs"))
     _action_mode(cfg, kwargs)
     env_id = str(cfg.env.id)
-    eval_kwargs = dict(kwargs, episode_length=cfg.env.get("eval_episode_length") or None)
-    if eval_kwargs["episode_length"] is None:
-        eval_kwargs.pop("episode_length")
+    # Evaluation episodes default to the training episode length (the env's own default when the
+    # config gives none).
+    eval_length = cfg.env.get("eval_episode_length") or kwargs.get("episode_length")
+    eval_kwargs = dict(kwargs)
+    if eval_length is not None:
+        eval_kwargs["episode_length"] = int(eval_length)
     specs = predictor_specs(cfg, "arbitrage")
     blocks = None
     if specs:
