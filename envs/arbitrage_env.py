@@ -60,6 +60,9 @@ def build_config(mode: str = "cex_dex", **kwargs: Any) -> core.ArbConfig:
     return core.ArbConfig(mode=mode, **kwargs)
 
 
+OBS_BOUND = 1e6  # |observation element| cap, see make_observation_builder
+
+
 def make_observation_builder(
     cfg: core.ArbConfig, predictor_shapes: dict[str, tuple[int, ...]], flatten: bool
 ) -> ObservationBuilder:
@@ -79,7 +82,7 @@ def make_observation_builder(
         ),
         BlockSpec("reference", (3,), feature_names=("ret_bps", "vol_bps", "spread_bps")),
         BlockSpec("gas", (3,), feature_names=("base_fee", "base_fee_mean", "last_utilization")),
-        BlockSpec("gas_history", (cfg.gas_window,), 0.0, np.inf),
+        BlockSpec("gas_history", (cfg.gas_window,), 0.0, OBS_BOUND),
         BlockSpec("competition", (3,), feature_names=("last_tip", "last_took", "rate")),
         BlockSpec(
             "opportunity",
@@ -101,7 +104,13 @@ def make_observation_builder(
     ]
     for name, shape in predictor_shapes.items():
         blocks.append(BlockSpec(name, shape))
-    return ObservationBuilder(blocks, flatten=flatten)
+    # Finite bounds (Gymnasium's checker warns on infinite ones), far outside any value the
+    # blocks take in practice; the builder clips, so observations always lie in the space.
+    blocks = [
+        BlockSpec(b.name, b.shape, max(b.low, -OBS_BOUND), min(b.high, OBS_BOUND), b.feature_names)
+        for b in blocks
+    ]
+    return ObservationBuilder(blocks, flatten=flatten, clip=True)
 
 
 class ScenarioSource:

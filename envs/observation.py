@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -64,9 +65,13 @@ class ObservationBuilder:
     Args:
         blocks: the blocks in the order they are flattened.
         flatten: return one float32 vector instead of a dict.
+        clip: clip every built observation into its blocks' bounds, so an env can declare
+            finite bounds (Gymnasium's checker warns on infinite ones) and stay inside them.
     """
 
-    def __init__(self, blocks: Sequence[BlockSpec], flatten: bool = False) -> None:
+    def __init__(
+        self, blocks: Sequence[BlockSpec], flatten: bool = False, clip: bool = False
+    ) -> None:
         names = [b.name for b in blocks]
         if len(set(names)) != len(names):
             raise DataError(f"observation blocks have duplicate names: {names}")
@@ -78,12 +83,19 @@ class ObservationBuilder:
                 )
         self.blocks: tuple[BlockSpec, ...] = tuple(blocks)
         self.flatten = bool(flatten)
+        self.clip = bool(clip)
         self._by_name = {b.name: b for b in self.blocks}
         offsets = np.cumsum([0] + [b.size for b in self.blocks])
         self.flat_slices: dict[str, slice] = {
             b.name: slice(int(offsets[i]), int(offsets[i + 1])) for i, b in enumerate(self.blocks)
         }
         self.flat_dim = int(offsets[-1])
+        self._flat_low = np.concatenate(
+            [np.full(b.size, b.low, np.float32) for b in self.blocks] or [np.zeros(0, np.float32)]
+        )
+        self._flat_high = np.concatenate(
+            [np.full(b.size, b.high, np.float32) for b in self.blocks] or [np.zeros(0, np.float32)]
+        )
         # A list of pairs keeps the blocks' order (a plain dict would be sorted by Gymnasium), so
         # flattening the Dict space in its key order (what agents and gymnasium.spaces.flatten
         # do) gives exactly the layout of ``flat_slices`` / ``to_flat``.
@@ -135,8 +147,21 @@ class ObservationBuilder:
             out = np.empty(self.flat_dim, dtype=np.float32)
             for b in self.blocks:
                 out[self.flat_slices[b.name]] = np.ravel(values[b.name])
+            return self._clipped(out)
+        return self._clipped(
+            {b.name: np.array(values[b.name], dtype=np.float32, copy=True) for b in self.blocks}
+        )
+
+    def _clipped(self, out: Any) -> Any:
+        """Clip a freshly built observation (flat or dict, single or batch) in place."""
+        if not self.clip:
             return out
-        return {b.name: np.array(values[b.name], dtype=np.float32, copy=True) for b in self.blocks}
+        if isinstance(out, np.ndarray):
+            np.clip(out, self._flat_low, self._flat_high, out=out)
+            return out
+        for b in self.blocks:
+            np.clip(out[b.name], b.low, b.high, out=out[b.name])
+        return out
 
     def bar_assembler(
         self,
@@ -209,8 +234,10 @@ class ObservationBuilder:
             out = np.empty((batch, self.flat_dim), dtype=np.float32)
             for b in self.blocks:
                 out[:, self.flat_slices[b.name]] = np.reshape(values[b.name], (batch, -1))
-            return out
-        return {b.name: np.array(values[b.name], dtype=np.float32, copy=True) for b in self.blocks}
+            return self._clipped(out)
+        return self._clipped(
+            {b.name: np.array(values[b.name], dtype=np.float32, copy=True) for b in self.blocks}
+        )
 
     def to_flat(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Flatten a Dict observation (single or batched) into the flat layout."""

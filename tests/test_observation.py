@@ -70,3 +70,10 @@ def test_dict_space_keeps_block_order_so_flatten_layouts_agree() -> None:
     assert list(builder.observation_space.spaces) == ["zeta", "alpha"]
     obs = builder.build({"zeta": np.array([1.0, 2.0]), "alpha": np.array([3.0])})
     np.testing.assert_array_equal(flatten(builder.observation_space, obs), builder.to_flat(obs))
+
+
+def test_clip_keeps_observations_inside_finite_bounds() -> None:
+    builder = ObservationBuilder([BlockSpec("x", (3,), -1.0, 1.0)], flatten=True, clip=True)
+    np.testing.assert_array_equal(builder.build({"x": np.array([-5.0, 0.5, 5.0])}), [-1, 0.5, 1])
+    batch = builder.build_batch({"x": np.array([[2.0, -2.0, 0.0]])})
+    np.testing.assert_array_equal(batch, [[1, -1, 0]])
