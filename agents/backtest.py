@@ -17,7 +17,7 @@ broker from the same bar.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,17 @@ from envs.market_core import CoreParams, build_market_arrays, initial_state, ste
 from envs.metrics import episode_metrics
 from envs.rewards import make_reward
 
-__all__ = ["BacktestResult", "SimulatedBroker", "bar_dict", "run_backtest", "save_chart"]
+__all__ = [
+    "ArbitrageBacktestResult",
+    "BacktestResult",
+    "SimulatedBroker",
+    "arbitrage_snapshot",
+    "bar_dict",
+    "run_arbitrage_backtest",
+    "run_backtest",
+    "save_arbitrage_chart",
+    "save_chart",
+]
 
 
 def bar_dict(dataset: MarketDataset, t: int) -> dict[str, Any]:
@@ -486,3 +496,205 @@ def paper_trade(
                 time.sleep(pace)
     final = float(broker.state.value[0])
     return {"final_value": final, "return": final / runner.initial_cash - 1.0, "fills": fills}
+
+
+# --- arbitrage ---------------------------------------------------------------------------------
+
+BLOCK_NS = 12 * 1_000_000_000  # replayed blocks are 12 s apart (Ethereum slots)
+
+
+def arbitrage_snapshot(
+    scen: Any, state: Any, row: int, prev_rate: float | None = None
+) -> dict[str, Any]:
+    """Row ``row`` of a loaded ``Arbitrage-v0`` episode as the snapshot a live bot would see.
+
+    Exogenous values of the block (reference price, spread, base fee, native price, last block's
+    utilisation) come from the scenario rows, pool reserves and last-block competitor activity
+    from the env's state (``prev_rate``: its competitor rate one block earlier, None before the
+    first step). Competitor presence is what a bot sees on chain; the env keeps only its EWMA,
+    so it is recovered from the rate's update ``rate = 0.95 * prev + 0.05 * present``.
+    """
+    rate = float(state.comp_rate[0])
+    present = 0.0 if prev_rate is None else float(round((rate - 0.95 * prev_rate) / 0.05))
+    return {
+        "timestamp": int(row) * BLOCK_NS,
+        "block": int(row),
+        "ref_price": float(scen.ref_price[0, row]),
+        "spread": float(scen.spread[0, row]),
+        "base_fee": float(scen.base_fee[0, row]),
+        "utilization": float(scen.utilization[0, row - 1]) if row > 0 else 0.5,
+        "native_price": float(scen.native_price[0, row]),
+        "reserves": np.stack([state.x[0], state.y[0]], axis=1).tolist(),
+        "competitor_present": present,
+        "competitor_tip": float(state.last_comp_tip[0]) if prev_rate is not None else 0.0,
+        "competitor_took": float(state.last_comp_took[0]) if prev_rate is not None else 0.0,
+    }
+
+
+@dataclass
+class ArbitrageBacktestResult:
+    """What an arbitrage replay produced.
+
+    Attributes:
+        metrics: ``{policy name: totals over the episodes}`` (profit, gas, reverts, trades,
+            competitor_took, oracle_profit, share_of_oracle, mean_share).
+        episodes: per-episode summaries of the runner (``episode_summary`` of the env).
+        profit_curves: cumulative realised profit per block of each episode (the runner's).
+        signals: every signal the runner returned, all episodes in order.
+        seeds: the episode seeds.
+    """
+
+    metrics: dict[str, dict[str, float]]
+    episodes: list[dict[str, float]]
+    profit_curves: list[np.ndarray]
+    signals: list[TradeSignal] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        """Metrics, per-episode summaries and profit curves as JSON."""
+        return json.dumps(
+            {
+                "metrics": self.metrics,
+                "seeds": self.seeds,
+                "episodes": self.episodes,
+                "profit_curves": [c.tolist() for c in self.profit_curves],
+            },
+            indent=2,
+        )
+
+
+def _arb_totals(episodes: list[dict[str, float]]) -> dict[str, float]:
+    keys = ("total_profit", "gas_spent", "fees_paid", "reverts", "competitor_took", "trades")
+    out = {k: float(sum(e[k] for e in episodes)) for k in keys}
+    out["oracle_profit"] = float(sum(e["oracle_profit"] for e in episodes))
+    out["share_of_oracle"] = (
+        out["total_profit"] / out["oracle_profit"] if out["oracle_profit"] > 0 else 0.0
+    )
+    out["mean_share"] = float(np.mean([e["share_of_oracle"] for e in episodes]))
+    out["episodes"] = float(len(episodes))
+    return out
+
+
+def run_arbitrage_backtest(
+    runner: Any,
+    seeds: Sequence[int] = range(20_000, 20_005),
+    episode_length: int | None = None,
+    baselines: bool = True,
+    progress: Callable[[int, TradeSignal], None] | None = None,
+) -> ArbitrageBacktestResult:
+    """Replay held-out seeded ``Arbitrage-v0`` episodes through an arbitrage runner.
+
+    Each episode is drawn exactly as the env draws it (``ArbitrageEnv.reset(seed=s)``); the
+    runner sees its rows from the first one (the gas-history warm-up included) as snapshots,
+    and the chain is the env's own block step (``envs.arbitrage_core.core_step``) executing the
+    signal's legs: signed slot sizes and the priority-fee bid, with competitors, reverts, gas
+    and rebalancing. After each block the runner's inventory is synced from the venues' balances
+    as a live bot would. With default limits this is the env's evaluation of the same policy on
+    the same seeds (tested). Baselines (threshold, oracle) run through
+    ``envs.arbitrage_baselines.evaluate_policy_share`` on the same seeds, in continuous mode.
+
+    Args:
+        runner: an :class:`~agents.runner.arbitrage.ArbitrageRunner`.
+        seeds: episode seeds (default 20000..20004: the trainer's test seeds).
+        episode_length: blocks per episode (default: the run's).
+        baselines: also run the threshold and oracle baselines.
+        progress: called with ``(block, signal)`` after every snapshot.
+    """
+    import copy
+
+    from envs import arbitrage_core as core
+    from envs.arbitrage_baselines import evaluate_policy_share, make_baseline
+    from envs.arbitrage_env import ArbitrageEnv, episode_summary
+
+    kwargs = dict(getattr(runner, "env_kwargs", {}) or {})
+    kwargs.pop("render_mode", None)
+    if episode_length is not None:
+        kwargs["episode_length"] = int(episode_length)
+    kwargs["flatten"] = runner.flatten
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("run_arbitrage_backtest: need at least one seed")
+    env = ArbitrageEnv(**kwargs)
+    if env.cfg != runner.cfg:
+        raise ConfigError("run_arbitrage_backtest: the runner's config differs from the env's")
+    cfg, length = env.cfg, env.episode_length
+    episodes, curves, signals = [], [], []
+    for seed in seeds:
+        env.reset(seed=seed)
+        scen, state = copy.deepcopy(env.scenario_batch), copy.deepcopy(env.state)
+        runner.reset()
+        row0 = int(state.row0[0])
+        for row in range(row0):  # the gas-history warm-up rows before the episode's step 0
+            sig = runner.on_snapshot(arbitrage_snapshot(scen, state, row))
+            signals.append(sig)
+        prev_rate: float | None = None
+        profit = [0.0]
+        for t in range(length):
+            row = row0 + t
+            sig = runner.on_snapshot(arbitrage_snapshot(scen, state, row, prev_rate))
+            signals.append(sig)
+            if progress is not None:
+                progress(row, sig)
+            size = runner.slot_sizes(sig)[None]
+            tip = np.array([sig.priority_fee_gwei or 0.0])
+            prev_rate = float(state.comp_rate[0])
+            res = core.core_step(cfg, state, scen, size, tip, length)
+            runner.sync_inventory(state.bal[0], state.transit[0])
+            profit.append(profit[-1] + float(res.profit[0]))
+            if bool(res.truncated[0]):
+                break
+        episodes.append(episode_summary({k: v[0] for k, v in state.cum.items()}))
+        curves.append(np.asarray(profit))
+    name = str(getattr(runner, "config", {}).get("agent", {}).get("name", "policy"))
+    metrics = {name: _arb_totals(episodes)}
+    if baselines:
+        base_kwargs = dict(kwargs, action_mode="continuous")
+        for base in ("threshold", "oracle"):
+            share = evaluate_policy_share(make_baseline(base), seeds, base_kwargs)
+            eps = [
+                {
+                    "total_profit": float(share["profits"][i]),
+                    "gas_spent": float(share["gas_spent"][i]),
+                    "fees_paid": float("nan"),
+                    "reverts": float(share["reverts"][i]),
+                    "competitor_took": float(share["competitor_took"][i]),
+                    "trades": float("nan"),
+                    "oracle_profit": float(share["oracle_profits"][i]),
+                    "share_of_oracle": float(share["shares"][i]),
+                }
+                for i in range(len(seeds))
+            ]
+            metrics[base] = _arb_totals(eps)
+    return ArbitrageBacktestResult(
+        metrics=metrics, episodes=episodes, profit_curves=curves, signals=signals, seeds=seeds
+    )
+
+
+def save_arbitrage_chart(
+    result: ArbitrageBacktestResult, path: str | Path, title: str = "arbitrage backtest"
+) -> Path:
+    """Cumulative profit per episode (the runner's) and total profit per policy as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_curve, ax_bar = fig.subplots(1, 2, width_ratios=[2.2, 1])
+    for seed, curve in zip(result.seeds, result.profit_curves, strict=True):
+        ax_curve.plot(np.arange(curve.size), curve, lw=1.0, label=f"seed {seed}")
+    ax_curve.set_xlabel("block")
+    ax_curve.set_ylabel("cumulative profit (quote)")
+    ax_curve.legend(loc="upper left", fontsize=7)
+    ax_curve.set_title(title)
+    names = list(result.metrics)
+    ax_bar.bar(names, [result.metrics[n]["total_profit"] for n in names], color="tab:blue")
+    ax_bar.set_ylabel("total profit (quote)")
+    ax_bar.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

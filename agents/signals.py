@@ -18,15 +18,20 @@ SIDES = (BUY, SELL, HOLD)
 
 @dataclass(frozen=True)
 class SignalLeg:
-    """One asset's order within a signal.
+    """One asset's (or venue's) order within a signal.
+
+    Arbitrage legs name the venue (``cex``, ``pool0``, ...): the pool leg and the CEX (or second
+    pool) leg of one slot have the same size and opposite sides.
 
     Attributes:
         symbol: asset (or venue) name.
         side: ``BUY``, ``SELL`` or ``HOLD`` (no order for this asset).
         size: order size in asset units (>= 0; the side gives the direction).
         notional: ``size * reference_price`` in cash units.
-        reference_price: the price the order was sized at (the last close).
-        target_units: position in units after the order fills.
+        reference_price: the price the order was sized at (the last close; arbitrage: the
+            expected average execution price net of fees, quote per base).
+        target_units: position in units after the order fills (arbitrage: the venue's base
+            balance).
         target_exposure: that position's notional over the portfolio value.
     """
 
@@ -64,6 +69,10 @@ class TradeSignal:
         legs: one :class:`SignalLeg` per asset.
         action: the raw policy action (list), None when the policy was not asked.
         scale: size multiplier applied by vol targeting and the anomaly guard (1 = none).
+        expected_profit: arbitrage only: expected profit of the legs in quote, net of pool,
+            CEX and gas fees, at the snapshot's prices (None for market signals).
+        gas_cost: arbitrage only: gas of the transactions at base fee + priority fee, quote.
+        priority_fee_gwei: arbitrage only: the priority-fee bid of the transactions.
     """
 
     timestamp: int
@@ -78,6 +87,9 @@ class TradeSignal:
     legs: tuple[SignalLeg, ...] = ()
     action: tuple[float, ...] | None = None
     scale: float = 1.0
+    expected_profit: float | None = None
+    gas_cost: float | None = None
+    priority_fee_gwei: float | None = None
 
     @property
     def is_hold(self) -> bool:

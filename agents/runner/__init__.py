@@ -1,5 +1,6 @@
 """The policy runner: a trained run inside a bot loop (see ``agents.runner.market``)."""
 
+from agents.runner.arbitrage import ArbitrageRunner, SnapshotGuards
 from agents.runner.limits import BarGuards, RiskLimits
 from agents.runner.market import PolicyRunner
 from agents.signals import BUY, HOLD, SELL, Fill, SignalLeg, TradeSignal
@@ -8,10 +9,12 @@ __all__ = [
     "BUY",
     "HOLD",
     "SELL",
+    "ArbitrageRunner",
     "BarGuards",
     "Fill",
     "PolicyRunner",
     "RiskLimits",
     "SignalLeg",
+    "SnapshotGuards",
     "TradeSignal",
 ]

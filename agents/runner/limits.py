@@ -47,6 +47,8 @@ class RiskLimits:
         anomaly_threshold: anomaly score (VAE) or predictor uncertainty where size scaling
             starts; size falls linearly to 0 at ``anomaly_cutoff``.
         anomaly_cutoff: score at which the size reaches 0 (must exceed the threshold).
+        min_expected_profit: arbitrage only: hold when the legs' expected profit net of fees
+            and gas (quote) is below this; None = off (the env sends what the policy asks).
     """
 
     max_position: float | None = None
@@ -61,6 +63,7 @@ class RiskLimits:
     max_drawdown: float | None = None
     anomaly_threshold: float | None = None
     anomaly_cutoff: float | None = None
+    min_expected_profit: float | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -73,6 +76,11 @@ class RiskLimits:
             "anomaly_cutoff",
         ):
             _check_optional_positive(name, getattr(self, name))
+        if self.min_expected_profit is not None and not math.isfinite(self.min_expected_profit):
+            raise ConfigError(
+                f"limits.min_expected_profit: expected null or a finite number, got "
+                f"{self.min_expected_profit!r}"
+            )
         if not math.isfinite(self.min_trade_notional) or self.min_trade_notional < 0:
             raise ConfigError(
                 "limits.min_trade_notional: expected a number >= 0, got "

@@ -27,7 +27,7 @@ import math
 import traceback
 from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from envs.execution import (
 )
 from envs.market_core import PORTFOLIO_CLIP, portfolio_block
 from envs.observation import BlockSpec, ObservationBuilder
+
+if TYPE_CHECKING:
+    from agents.runner.arbitrage import ArbitrageRunner
 
 __all__ = ["OHLCV_FIELDS", "PolicyRunner"]
 
@@ -191,8 +194,12 @@ class PolicyRunner:
         guards: BarGuards | Mapping[str, Any] | None = None,
         initial_cash: float | None = None,
         extra_names: Sequence[str] = (),
-    ) -> PolicyRunner:
+    ) -> PolicyRunner | ArbitrageRunner:
         """Rebuild a runner from a training run directory alone.
+
+        An arbitrage run (``env.kind: arbitrage``) gives an
+        :class:`~agents.runner.arbitrage.ArbitrageRunner` (``on_snapshot``); ``guards`` are then
+        :class:`~agents.runner.arbitrage.SnapshotGuards` fields.
 
         Args:
             run_dir: the run directory (``.hydra/config.yaml``, ``policy.pt``, ``artifacts/``).
@@ -206,7 +213,7 @@ class PolicyRunner:
             extra_names: extra columns the bars carry (needed for ``extra:`` features).
 
         Raises:
-            ConfigError: missing files, a malformed config, an arbitrage run, a policy whose
+            ConfigError: missing files, a malformed config, a policy whose
                 observation width does not match the config.
             CheckpointError: a policy file that is corrupt or would execute code when loaded.
         """
@@ -216,10 +223,16 @@ class PolicyRunner:
         from envs.features.scaling import load_scaler
 
         run = load_run_files(run_dir, policy)
-        if run.env_kind != "market":
-            raise ConfigError(
-                f"{run.run_dir}: env.kind={run.env_kind!r}; PolicyRunner.from_run rebuilds "
-                "market runs (arbitrage snapshots are not supported by this runner yet)"
+        if run.env_kind == "arbitrage":
+            from agents.runner.arbitrage import ArbitrageRunner
+
+            if symbols is not None or initial_cash is not None or extra_names:
+                raise ConfigError(
+                    f"{run.run_dir}: an arbitrage run takes no symbols, initial_cash or "
+                    "extra_names (venues and balances come from its config)"
+                )
+            return ArbitrageRunner.from_run(
+                run.run_dir, device, policy=policy, limits=limits, guards=guards
             )
         kw = market_kwargs(run.config)
         scaler_path = run.run_dir / "artifacts" / "feature_scaler.json"
