@@ -552,9 +552,14 @@ class ArbitrageBacktestResult:
 
     def to_json(self) -> str:
         """Metrics, per-episode summaries and profit curves as JSON."""
+        # Baselines run by evaluate_policy_share report no fees or trade counts (NaN): null.
+        metrics = {
+            name: {k: (None if v != v else v) for k, v in row.items()}
+            for name, row in self.metrics.items()
+        }
         return json.dumps(
             {
-                "metrics": self.metrics,
+                "metrics": metrics,
                 "seeds": self.seeds,
                 "episodes": self.episodes,
                 "profit_curves": [c.tolist() for c in self.profit_curves],
