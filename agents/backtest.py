@@ -149,30 +149,45 @@ class BacktestResult:
 def _drive(
     dataset: MarketDataset,
     broker: SimulatedBroker,
-    decide: Callable[[int], tuple[np.ndarray | None, bool]],
-    first: int,
-    on_step: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Step the broker from bar 0; record equity from ``first`` on. Returns curve, exposures."""
+    decide: Callable[[int], np.ndarray | None],
+    first: int | None = None,
+    after_step: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float], int | None]:
+    """The one replay loop: step the broker from bar 0 with ``decide(t)``'s target exposures.
+
+    Equity, exposures and trade totals are recorded from bar ``first`` on; ``first=None``
+    finds it lazily as the first bar whose target is not None (the runner's first decision).
+    Targets before ``first`` are not sent. ``after_step`` sees every broker step's fills (the
+    runner's ``on_fill`` / ``sync_account`` hook). A ruinous step ends the replay after its
+    equity is recorded, as the env's episode ends on ``terminated``.
+
+    Returns:
+        equity curve, exposures per recorded bar, totals (fees, costs, trades, wins, closed
+        round trips) and ``first``.
+    """
     equity: list[float] = []
     exposures: list[np.ndarray] = []
     totals = {"fees": 0.0, "costs": 0.0, "trades": 0.0, "wins": 0.0, "closed": 0.0}
     last = len(dataset) - 1
     entry_value = None
     for t in range(len(dataset)):
-        target, _ = decide(t)
-        if t >= first:
+        target = decide(t)
+        if first is None and target is not None:
+            first = t
+        active = first is not None and t >= first
+        if active:
             st = broker.state
             value = float(st.value[0])
             equity.append(value)
-            close = broker.arrays.close[t]
-            exposures.append(st.units[0] * close / max(value, 1e-12))
+            exposures.append(st.units[0] * broker.arrays.close[t] / max(value, 1e-12))
         if t == last:
             break
         was_flat = not np.any(broker.state.units != 0)
         value_before = float(broker.state.value[0])
-        info = broker.step(target if t >= first else None)
-        if t >= first:
+        info = broker.step(target if active else None)
+        if after_step is not None:
+            after_step(info)
+        if active:
             totals["fees"] += info["fees"]
             totals["costs"] += info["cost"]
             trades = int(np.count_nonzero(info["q"]))
@@ -184,16 +199,15 @@ def _drive(
                 totals["closed"] += 1
                 totals["wins"] += float(broker.state.value[0] > entry_value)
                 entry_value = None
-        if on_step is not None:
-            on_step(info)
         if info["terminated"]:
-            st = broker.state
-            equity.append(float(st.value[0]))
-            exposures.append(
-                st.units[0] * broker.arrays.close[info["bar"]] / max(float(st.value[0]), 1e-12)
-            )
+            if active:
+                st = broker.state
+                equity.append(float(st.value[0]))
+                exposures.append(
+                    st.units[0] * broker.arrays.close[info["bar"]] / max(float(st.value[0]), 1e-12)
+                )
             break
-    return np.asarray(equity), np.asarray(exposures), totals
+    return np.asarray(equity), np.asarray(exposures), totals, first
 
 
 def _metrics(
@@ -243,81 +257,45 @@ def run_backtest(
     vol_lookback = int(getattr(runner, "env_kwargs", {}).get("vol_lookback", 24))
     broker = SimulatedBroker(dataset, cfg, runner.initial_cash, vol_lookback)
     signals: list[TradeSignal] = []
-    state = {"first": None}
 
-    def decide(t: int) -> tuple[np.ndarray | None, bool]:
+    def decide(t: int) -> np.ndarray | None:
         sig = runner.on_bar(bar_dict(dataset, t))
         signals.append(sig)
         if progress is not None:
             progress(t, sig)
-        if state["first"] is None and sig.target_exposure is not None:
-            state["first"] = t
-        target = None if sig.target_exposure is None else np.asarray(sig.target_exposure)
-        return target, True
+        return None if sig.target_exposure is None else np.asarray(sig.target_exposure)
 
-    # First pass finds the first decision bar lazily: equity is recorded from it, so drive
-    # with `first` = the first bar whose signal carries a decision.
-    equity: list[float] = []
-    exposures: list[np.ndarray] = []
-    totals = {"fees": 0.0, "costs": 0.0, "trades": 0.0, "wins": 0.0, "closed": 0.0}
-    last = len(dataset) - 1
-    entry_value = None
-    for t in range(len(dataset)):
-        target, _ = decide(t)
-        first = state["first"]
-        if first is not None:
-            st = broker.state
-            value = float(st.value[0])
-            equity.append(value)
-            exposures.append(st.units[0] * broker.arrays.close[t] / max(value, 1e-12))
-        if t == last:
-            break
-        was_flat = not np.any(broker.state.units != 0)
-        value_before = float(broker.state.value[0])
-        info = broker.step(target)
+    def report_fills(info: dict[str, Any]) -> None:
+        # What a live bot does after the exchange fills: report fills, then sync the account.
         q = info["q"]
         for j, sym in enumerate(runner.symbols):
             if q[j] != 0.0:
-                runner.on_fill(
-                    Fill(sym, float(q[j]), float(info["price"][j]), info["cost"] if j == 0 else 0.0)
-                )
+                cost = info["cost"] if j == 0 else 0.0
+                runner.on_fill(Fill(sym, float(q[j]), float(info["price"][j]), cost))
         runner.sync_account(float(broker.state.cash[0]), broker.state.units[0])
-        if first is not None:
-            totals["fees"] += info["fees"]
-            totals["costs"] += info["cost"]
-            trades = int(np.count_nonzero(q))
-            totals["trades"] += trades
-            now_flat = not np.any(broker.state.units != 0)
-            if trades and was_flat and not now_flat:
-                entry_value = value_before
-            elif trades and now_flat and entry_value is not None:
-                totals["closed"] += 1
-                totals["wins"] += float(broker.state.value[0] > entry_value)
-                entry_value = None
-        if info["terminated"]:
-            break
-    first = state["first"]
+
+    equity, exposures, totals, first = _drive(dataset, broker, decide, None, report_fills)
     if first is None or len(equity) < 2:
         raise DataError(
             f"{dataset.source}: {len(dataset)} bars never got the runner past its warm-up "
             f"(first decision bar {runner.first_decision_bar}); replay more bars"
         )
     name = str(getattr(runner, "config", {}).get("agent", {}).get("name", "policy"))
-    metrics = {name: _metrics(np.asarray(equity), broker, totals, runner.initial_cash)}
-    curves = {name: np.asarray(equity)}
+    metrics = {name: _metrics(equity, broker, totals, runner.initial_cash)}
+    curves = {name: equity}
     if baselines:
         n = dataset.n_assets
         for base, exposure in (("buy_and_hold", 1.0 / n * cfg.max_leverage), ("flat", 0.0)):
             target = np.full(n, exposure)
             b = SimulatedBroker(dataset, cfg, runner.initial_cash, vol_lookback)
-            eq, _, tot = _drive(dataset, b, lambda t, tg=target: (tg, True), first)
+            eq, _, tot, _ = _drive(dataset, b, lambda t, tg=target: tg, first)
             metrics[base] = _metrics(eq, b, tot, runner.initial_cash)
             curves[base] = eq
     ts = dataset.timestamps[first : first + len(equity)]
     return BacktestResult(
         metrics=metrics,
         equity=curves,
-        positions=np.asarray(exposures),
+        positions=exposures,
         signals=signals,
         first_bar=first,
         timestamps=ts,
