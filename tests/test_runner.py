@@ -257,3 +257,46 @@ def test_unpickling_payload_is_refused(q_run: Path, tmp_path: Path) -> None:
 def test_missing_run_files_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config\.yaml"):
         PolicyRunner.from_run(tmp_path)
+
+
+@pytest.mark.parametrize(("algo", "mode"), [("PPO", "discrete"), ("PPO", "continuous")])
+def test_sb3_confidence_from_the_policy_distribution(algo: str, mode: str) -> None:
+    """SB3 confidence is no longer a constant 1: it follows the policy's distribution, and the
+    action is exactly the agent's own ``act``."""
+    from agents.runner.policy import PolicyAdapter
+    from agents.sb3_adapter import SB3Agent
+
+    env = MarketTradingEnv(dataset=gbm(300, seed=3), action_mode=mode, window=8, flatten=True)
+    agent = SB3Agent(
+        algo,
+        env=env,
+        policy_kwargs={"net_arch": [16]},
+        algo_kwargs={"n_steps": 16, "batch_size": 16},
+        device="cpu",
+    )
+    adapter = PolicyAdapter(agent)
+    obs, _ = env.reset(seed=0)
+    confidences = []
+    policy = agent.model.policy
+    for _ in range(5):
+        action, confidence = adapter.decide(obs)
+        assert np.array_equal(action, agent.act(obs, deterministic=True))
+        assert 0.0 <= confidence <= 1.0
+        confidences.append(confidence)
+        obs, *_ = env.step(action)
+    if mode == "discrete":
+        with torch.no_grad():
+            tensor, _ = policy.obs_to_tensor(obs)
+            probs = policy.get_distribution(tensor).distribution.probs[0]
+        action, confidence = adapter.decide(obs)
+        assert confidence == pytest.approx(float(probs[int(action)]))
+    else:
+        # A wider policy (larger log-std) is less sure of the side it takes.
+        with torch.no_grad():
+            policy.log_std.fill_(3.0)
+        _, wide = adapter.decide(obs)
+        with torch.no_grad():
+            policy.log_std.fill_(-3.0)
+        _, narrow = adapter.decide(obs)
+        assert wide < narrow
+    assert any(c != 1.0 for c in confidences)

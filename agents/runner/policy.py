@@ -5,7 +5,14 @@
   sampled pre-tanh action has the sign of the mean, rescaled to ``[0, 1]``:
   ``2 * Phi(mean_i(|mu_i| / sigma_i)) - 1``: 0 when the policy is as likely to go either way,
   near 1 when the mean is many standard deviations from zero.
-* Anything else: ``act`` with confidence 1 (the agent exposes no distribution).
+* SB3 actor-critic policies (PPO, A2C; not recurrent or maskable): ``act`` (SB3's ``predict``,
+  so the action is exactly the agent's) and the confidence from the same observation's
+  ``policy.get_distribution``: discrete (Categorical) -> the probability of the chosen action;
+  continuous (diagonal Gaussian, possibly squashed) -> ``2 * Phi(mean_i(|mu_i| / sigma_i)) - 1``
+  on the Gaussian's mean and std, the same sign-agreement measure as SAC's.
+* SB3 SAC: the actor's mean and log-std (``actor.get_action_dist_params``), same measure.
+* Anything else (our MBPO/PETS planners, SB3 DQN/TD3, recurrent or maskable SB3 policies):
+  ``act`` with confidence 1 (no distribution exposed).
 """
 
 from __future__ import annotations
@@ -17,6 +24,29 @@ import numpy as np
 import torch
 
 __all__ = ["PolicyAdapter"]
+
+
+def _sign_confidence(mean: torch.Tensor, std: torch.Tensor) -> float:
+    """``2 * Phi(z) - 1`` with ``z = mean_i(|mu_i| / sigma_i)``: the probability mass on the
+    mean's side of zero, rescaled to ``[0, 1]``."""
+    z = (mean.abs() / std.clamp_min(1e-12)).mean().item()
+    return float(math.erf(z / math.sqrt(2.0)))
+
+
+def _sb3_confidence_kind(agent: Any) -> str | None:
+    """``distribution`` / ``sac_actor`` when an SB3 agent exposes its action distribution."""
+    model = getattr(agent, "model", None)
+    policy = getattr(model, "policy", None)
+    if policy is None or type(agent).__name__ != "SB3Agent":
+        return None
+    if getattr(agent, "is_recurrent", False) or getattr(agent, "uses_action_masks", False):
+        return None
+    if hasattr(policy, "get_distribution"):
+        return "distribution"
+    actor = getattr(policy, "actor", None)
+    if actor is not None and hasattr(actor, "get_action_dist_params"):
+        return "sac_actor"
+    return None
 
 
 class PolicyAdapter:
@@ -35,6 +65,8 @@ class PolicyAdapter:
             self._decide = self._sac
         elif isinstance(agent, QLearningAgent):
             self._decide = self._qlearning
+        elif _sb3_confidence_kind(agent) is not None:
+            self._decide = self._sb3
         else:
             self._decide = self._plain
 
@@ -48,6 +80,24 @@ class PolicyAdapter:
     def _qlearning(self, obs: Any) -> tuple[np.ndarray, float]:
         action, confidence = self.agent.act_with_confidence(obs, deterministic=True)
         return np.asarray(action), float(confidence)
+
+    def _sb3(self, obs: Any) -> tuple[np.ndarray, float]:
+        agent = self.agent
+        action = np.asarray(agent.act(obs, deterministic=True))
+        policy = agent.model.policy
+        with torch.inference_mode():
+            tensor, _ = policy.obs_to_tensor(obs)
+            if _sb3_confidence_kind(agent) == "sac_actor":
+                mean, log_std, _ = policy.actor.get_action_dist_params(tensor)
+                return action, _sign_confidence(mean, log_std.exp())
+            dist = policy.get_distribution(tensor).distribution
+            if isinstance(dist, torch.distributions.Categorical):
+                chosen = torch.as_tensor(action, device=dist.probs.device).reshape(-1)
+                prob = dist.probs.reshape(-1, dist.probs.shape[-1])[0, chosen[0].long()]
+                return action, float(prob.item())
+            if isinstance(dist, torch.distributions.Normal):
+                return action, _sign_confidence(dist.mean, dist.stddev)
+        return action, 1.0
 
     def _sac(self, obs: Any) -> tuple[np.ndarray, float]:
         agent = self.agent
