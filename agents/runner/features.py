@@ -27,7 +27,8 @@ one-ulp rounding flips. ``tests/test_runner_features.py`` pins this on real and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,8 @@ __all__ = ["StreamingFeatures"]
 
 _NS_PER_SECOND = 1_000_000_000
 _SECONDS_PER_DAY = 86_400
+# (t, ohlcv, ret, lines, timestamp) -> (N,) value or 0.0 while warming up
+ValueFn = Callable[[int, np.ndarray, Any, dict, int], Any]
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0), as in envs.features.pipeline
 
 
@@ -197,6 +200,11 @@ class StreamingFeatures:
                 self._extra_seen[col] = np.zeros(self.n, dtype=bool)
                 self._extra_warm[col] = None
         self.warmup = warm
+        self._calendar_cache: dict[tuple[int, bool], np.ndarray] = {}
+        self._value_fns = [
+            self._compile(name, pattern, p)
+            for name, (pattern, p) in zip(names, parsed, strict=True)
+        ]
         self.bars = 0
         self._prev_close: np.ndarray | None = None
         self._out = np.zeros((self.n, len(names)), dtype=np.float32)
@@ -269,8 +277,8 @@ class StreamingFeatures:
                 if self._extra_warm[col] is None and self._extra_seen[col].all():
                     self._extra_warm[col] = t
         out = self._out
-        for f, (name, (pattern, p)) in enumerate(zip(self.names, self._parsed, strict=True)):
-            out[:, f] = self._value(t, name, pattern, p, ohlcv, ret, lines, timestamp)
+        for f, value in enumerate(self._value_fns):
+            out[:, f] = value(t, ohlcv, ret, lines, timestamp)
         self._prev_close = close.copy()
         self.bars = t + 1
         return out.copy()
@@ -283,73 +291,120 @@ class StreamingFeatures:
             lines[(fast, slow)] = (self._emas[("close", fast)].value - slow_ema) / slow_ema
         return lines[(fast, slow)]
 
-    def _value(
-        self,
-        t: int,
-        name: str,
-        pattern: str,
-        p: tuple[int, ...],
-        ohlcv: np.ndarray,
-        ret: np.ndarray | None,
-        lines: dict[tuple[int, int], np.ndarray],
-        timestamp: int,
-    ) -> np.ndarray | float:
-        close, volume = ohlcv[:, 3], ohlcv[:, 4]
+    def _compile(self, name: str, pattern: str, p: tuple[int, ...]) -> ValueFn:
+        """The value function of one feature, resolved once at construction so the per-bar
+        loop does no string matching. Each returns the ``(N,)`` value (or 0.0 while warming
+        up) with exactly the arithmetic of ``envs.features.compute_features`` (tested)."""
         if pattern == "logret_<k>":
-            return np.log(close / self._closes.ago(p[0])) if t >= p[0] else 0.0
+            k = p[0]
+            closes = self._closes
+
+            def logret(t, ohlcv, ret, lines, ts):
+                return np.log(ohlcv[:, 3] / closes.ago(k)) if t >= k else 0.0
+
+            return logret
         if pattern.startswith("rvol_"):
-            if t < p[0]:
-                return 0.0
-            _, var = self._rings[("ret", p[0])].moments()
-            return np.sqrt(var)
+            k, ring = p[0], self._rings[("ret", p[0])]
+
+            def rvol(t, ohlcv, ret, lines, ts):
+                return np.sqrt(ring.moments()[1]) if t >= k else 0.0
+
+            return rvol
         if pattern.startswith("rsi_"):
-            if t < p[0]:
-                return 0.0
-            g = self._wilders[("gain", p[0])].value
-            lo = self._wilders[("loss", p[0])].value
-            total = g + lo
-            return _safe_ratio(g - lo, total)
+            k = p[0]
+            gain, loss = self._wilders[("gain", k)], self._wilders[("loss", k)]
+
+            def rsi(t, ohlcv, ret, lines, ts):
+                if t < k:
+                    return 0.0
+                g, lo = gain.value, loss.value
+                return _safe_ratio(g - lo, g + lo)
+
+            return rsi
         if pattern.startswith("macd"):
             fast, slow = p[0], p[1]
             warm = slow + (p[2] if len(p) > 2 else 0)
-            if t < warm:
-                return 0.0
-            line = self._macd_line(fast, slow, lines)
+            macd_line = self._macd_line
             if pattern.startswith("macd_"):
-                return line
-            signal = self._emas[("signal", fast, slow, p[2])].value
-            return signal if pattern.startswith("macdsignal") else line - signal
+
+                def macd(t, ohlcv, ret, lines, ts):
+                    return macd_line(fast, slow, lines) if t >= warm else 0.0
+
+                return macd
+            signal_ema = self._emas[("signal", fast, slow, p[2])]
+            is_signal = pattern.startswith("macdsignal")
+
+            def macd_signal(t, ohlcv, ret, lines, ts):
+                if t < warm:
+                    return 0.0
+                line = macd_line(fast, slow, lines)
+                signal = signal_ema.value
+                return signal if is_signal else line - signal
+
+            return macd_signal
         if pattern.startswith(("bb_pos_", "bb_width_")):
-            if t < p[0] - 1:
-                return 0.0
-            mean, var = self._rings[("close", p[0])].moments()
-            std = np.sqrt(var)
-            if pattern.startswith("bb_pos_"):
-                return _safe_ratio(close - mean, 2.0 * std)
-            return 4.0 * std / mean
+            k, ring = p[0], self._rings[("close", p[0])]
+            is_pos = pattern.startswith("bb_pos_")
+
+            def bollinger(t, ohlcv, ret, lines, ts):
+                if t < k - 1:
+                    return 0.0
+                mean, var = ring.moments()
+                std = np.sqrt(var)
+                if is_pos:
+                    return _safe_ratio(ohlcv[:, 3] - mean, 2.0 * std)
+                return 4.0 * std / mean
+
+            return bollinger
         if pattern.startswith("atr_"):
-            if t < p[0]:
-                return 0.0
-            return self._wilders[("tr", p[0])].value / close
+            k, wilder = p[0], self._wilders[("tr", p[0])]
+
+            def atr(t, ohlcv, ret, lines, ts):
+                return wilder.value / ohlcv[:, 3] if t >= k else 0.0
+
+            return atr
         if pattern.startswith("volz_"):
-            if t < p[0] - 1:
-                return 0.0
-            mean, var = self._rings[("volume", p[0])].moments()
-            return _safe_ratio(volume - mean, np.sqrt(var))
+            k, ring = p[0], self._rings[("volume", p[0])]
+
+            def volz(t, ohlcv, ret, lines, ts):
+                if t < k - 1:
+                    return 0.0
+                mean, var = ring.moments()
+                return _safe_ratio(ohlcv[:, 4] - mean, np.sqrt(var))
+
+            return volz
         if pattern in ("hour_sin", "hour_cos", "dow_sin", "dow_cos"):
-            ts = np.asarray([timestamp], dtype=np.int64)
-            if pattern.startswith("hour"):
-                phase = np.mod(ts, _SECONDS_PER_DAY * _NS_PER_SECOND) / _NS_PER_SECOND
-                phase = phase / _SECONDS_PER_DAY
-                period = 1.0
-            else:
-                days = np.floor_divide(ts, _SECONDS_PER_DAY * _NS_PER_SECOND)
-                phase = np.mod(days + _EPOCH_WEEKDAY, 7).astype(np.float64)
-                period = 7.0
             fn = np.sin if pattern.endswith("sin") else np.cos
-            return fn(2.0 * np.pi * phase / period)[0]
+            hourly = pattern.startswith("hour")
+            cache = self._calendar_cache  # sin and cos of a bar share one angle
+
+            def calendar(t, ohlcv, ret, lines, ts):
+                key = (ts, hourly)
+                angle = cache.get(key)
+                if angle is None:
+                    stamp = np.asarray([ts], dtype=np.int64)
+                    if hourly:
+                        phase = np.mod(stamp, _SECONDS_PER_DAY * _NS_PER_SECOND) / _NS_PER_SECOND
+                        phase = phase / _SECONDS_PER_DAY
+                        period = 1.0
+                    else:
+                        days = np.floor_divide(stamp, _SECONDS_PER_DAY * _NS_PER_SECOND)
+                        phase = np.mod(days + _EPOCH_WEEKDAY, 7).astype(np.float64)
+                        period = 7.0
+                    angle = 2.0 * np.pi * phase / period
+                    if len(cache) >= 4:
+                        cache.clear()
+                    cache[key] = angle
+                return fn(angle)[0]
+
+            return calendar
         if pattern == "extra:<column>":
             col = name[len("extra:") :]
-            warm = self._extra_warm[col]
-            return self._extra_last[col] if warm is not None and t >= warm else 0.0
+            last, warm_at = self._extra_last, self._extra_warm
+
+            def extra(t, ohlcv, ret, lines, ts):
+                warm = warm_at[col]
+                return last[col] if warm is not None and t >= warm else 0.0
+
+            return extra
         raise ConfigError(f"streaming features: no streaming rule for {name!r}")

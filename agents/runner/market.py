@@ -317,6 +317,7 @@ class PolicyRunner:
         self._last_close: np.ndarray | None = None
         self._rejected_close: np.ndarray | None = None
         self._spacings: list[int] = []
+        self._median_spacing = math.nan
         self._close = np.zeros((1, n))
         self.cash = np.array([self.initial_cash])
         self.units = np.zeros((1, n))
@@ -534,9 +535,11 @@ class PolicyRunner:
             spacing = ts - self._last_ts
             expected = self.guards.bar_seconds
             if expected is None and len(self._spacings) >= 3:
-                expected = float(np.median(self._spacings)) / 1e9
+                expected = self._median_spacing
             if len(self._spacings) < 16:
                 self._spacings.append(spacing)
+                # Recomputed only while the sample grows (16 bars), not on every bar.
+                self._median_spacing = float(np.median(self._spacings)) / 1e9
             if (
                 expected is not None
                 and self.guards.gap_bars is not None
@@ -679,7 +682,7 @@ class PolicyRunner:
     def _bars_per_year(self) -> float:
         seconds = self.guards.bar_seconds
         if seconds is None:
-            seconds = float(np.median(self._spacings)) / 1e9 if self._spacings else 3600.0
+            seconds = self._median_spacing if self._spacings else 3600.0
         return 365.25 * 86_400 / max(seconds, 1e-9)
 
     def _signal(

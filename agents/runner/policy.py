@@ -22,8 +22,33 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 __all__ = ["PolicyAdapter"]
+
+
+_ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
+
+
+def _plain_mlp_layers(net: Any) -> list[tuple[str, Any, Any]] | None:
+    """``[(kind, weight, bias)]`` of an ``nn.Sequential`` of Linear/ReLU/Tanh without hooks
+    (``agents.networks.mlp``), or None when the network is anything else."""
+    if not isinstance(net, nn.Sequential):
+        return None
+    layers: list[tuple[str, Any, Any]] = []
+    for module in net:
+        if module._forward_hooks or module._forward_pre_hooks:
+            return None
+        if type(module) is nn.Linear:
+            layers.append(("linear", module.weight, module.bias))
+        elif type(module) is nn.ReLU and not module.inplace:
+            layers.append(("relu", None, None))
+        elif type(module) is nn.Tanh:
+            layers.append(("tanh", None, None))
+        else:
+            return None
+    return layers
 
 
 def _sign_confidence(mean: torch.Tensor, std: torch.Tensor) -> float:
@@ -61,8 +86,10 @@ class PolicyAdapter:
         from agents.qlearning import QLearningAgent
         from agents.sac import SAC
 
+        self._layers: list[tuple[str, Any, Any]] | None = None
         if isinstance(agent, SAC) and not agent.config.compile:
             self._decide = self._sac
+            self._layers = _plain_mlp_layers(agent.actor.net)
         elif isinstance(agent, QLearningAgent):
             self._decide = self._qlearning
         elif _sb3_confidence_kind(agent) is not None:
@@ -105,9 +132,15 @@ class PolicyAdapter:
         with torch.inference_mode():
             # The same network call as SquashedGaussianActor.forward(deterministic=True), which
             # returns tanh(mean); the log-std head comes from the same matmul for free.
-            mean, log_std = agent.actor.net(torch.from_numpy(flat).to(agent.device)).chunk(
-                2, dim=-1
-            )
+            x = torch.from_numpy(flat).to(agent.device)
+            if self._layers is None:
+                x = agent.actor.net(x)
+            else:
+                # The same kernels as nn.Sequential's forward, without its per-module Python
+                # dispatch (hooks, __call__): about a third of the policy's time on one row.
+                for kind, weight, bias in self._layers:
+                    x = F.linear(x, weight, bias) if kind == "linear" else _ACTIVATIONS[kind](x)
+            mean, log_std = x.chunk(2, dim=-1)
             unit = torch.tanh(mean).cpu().numpy()
             log_std = log_std.clamp(agent.actor.log_std_min, agent.actor.log_std_max)
             z = (mean.abs() / log_std.exp()).mean().item()
