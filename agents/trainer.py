@@ -119,6 +119,10 @@ def train(
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     set_seed(int(cfg.seed))
     device = get_device(str(cfg.device))
+    if cfg.get("torch_threads") is not None:
+        import torch
+
+        torch.set_num_threads(int(cfg.torch_threads))
 
     task: Task = build_task(cfg)
     agent: Learner = build_agent(
