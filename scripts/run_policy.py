@@ -28,6 +28,12 @@ def main(cfg: DictConfig) -> None:
             limits=OmegaConf.to_container(cfg.limits),
             guards=OmegaConf.to_container(cfg.guards),
         )
+        if getattr(runner, "kind", "market") == "arbitrage":
+            raise ConfigError(
+                f"{cfg.run}: an arbitrage run trades block snapshots, not a bar feed; replay "
+                "held-out episodes with scripts/backtest.py run=<run> or embed "
+                "ArbitrageRunner.on_snapshot in your bot (README: Embedding the policy runner)"
+            )
         feed = load_replay_data(str(cfg.feed))
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
