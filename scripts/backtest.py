@@ -95,6 +95,7 @@ def main(cfg: DictConfig) -> None:
     print(format_table(result.metrics, COLUMNS))
     print(f"\nwrote {out / 'backtest.json'} and {chart}")
 
+
 if __name__ == "__main__":
     # `data` is also the name of a config group (configs/data/), so Hydra would read `data=x.csv`
     # as a group choice; the command line of the issue is kept by renaming it to `dataset=`.
