@@ -17,7 +17,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.errors import ConfigError
-from envs.market_core import CoreState, initial_state, observe, reset_rows, step_core
+from envs.market_core import CoreState, initial_state, portfolio_block, reset_rows, step_core
 from envs.market_env import MarketSetup, build_market_setup
 from envs.metrics import episode_metrics
 
@@ -67,6 +67,11 @@ class MarketTradingVectorEnv(VectorEnv):
         self._state: CoreState | None = None
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
         self._rows = np.arange(self.num_envs)
+        # Equals build_batch(observe(...)) but gathers each market window as one contiguous run
+        # into the output (the per-bar gather of observe was most of the step's time).
+        self._assemble = self.setup.builder.batch_assembler(
+            "market", self.setup.arrays.features, self.setup.arrays.blocks, "portfolio"
+        )
 
     # --- public views -------------------------------------------------------------------------
     @property
@@ -118,7 +123,7 @@ class MarketTradingVectorEnv(VectorEnv):
         self._state = initial_state(setup.arrays, setup.params, setup.reward, starts, ends)
         self._equity[:, 0] = setup.params.initial_cash
         self._autoreset[:] = False
-        obs = setup.builder.build_batch(observe(self._state, setup.arrays, setup.params.window))
+        obs = self._observe(self._state)
         return obs, self._info(self._state, np.zeros(self.num_envs))
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -151,10 +156,14 @@ class MarketTradingVectorEnv(VectorEnv):
         if done.any():
             info["episode"], info["_episode"] = self._episode_info(state, done), done.copy()
         self._autoreset = done
-        obs = setup.builder.build_batch(observe(state, setup.arrays, setup.params.window))
+        obs = self._observe(state)
         return obs, rewards, terminated, truncated, info
 
     # --- helpers ----------------------------------------------------------------------------------
+    def _observe(self, state: CoreState) -> Any:
+        setup = self.setup
+        return self._assemble(state.t, portfolio_block(state, setup.arrays, setup.params.window))
+
     def _draw(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Start and end bars for the envs in ``mask`` (others get placeholders)."""
         starts = np.zeros(self.num_envs, dtype=np.int64)
