@@ -344,9 +344,15 @@ def step_core(
     """
     cfg = params.execution
     last_bar = arrays.n_bars - 1
+    # Performance (issue 3): every operation below allocates a (B,) or (B, N) array, so values
+    # used twice are computed once (q * price, units * close, the sign comparisons) and fresh
+    # temporaries are updated in place; inputs are never written. The arithmetic, and so every
+    # result bit, is unchanged (tests/test_market_fast.py and tests/test_market_vector.py).
     # Rows that already ended (only in the batched env, before autoreset) index a valid bar;
     # their results are discarded by the caller.
-    s = np.minimum(state.t + 1, last_bar)
+    s = state.t + 1
+    np.minimum(s, last_bar, out=s)
+    before = s - 1
     if cfg.latency > 1:
         executed = state.pending[:, 0]
         pending = np.concatenate([state.pending[:, 1:], target[:, None, :]], axis=1)
@@ -354,35 +360,45 @@ def step_core(
         executed = target
         pending = state.pending
 
-    price = arrays.open[s]
+    price = arrays.open.take(s, axis=0)
     q = size_orders(executed, state.units, state.cash, price, cfg)
-    costs = order_costs(q, price, arrays.sigma[s - 1], arrays.volume[s - 1], cfg)
-    trade_cost = costs.fee + costs.spread + costs.impact
-    cash = state.cash - (q * price).sum(axis=1) - trade_cost
+    costs = order_costs(
+        q, price, arrays.sigma.take(before, axis=0), arrays.volume.take(before, axis=0), cfg
+    )
+    trade_cost = costs.fee + costs.spread
+    trade_cost += costs.impact
+    paid = q * price
+    cash = state.cash - paid.sum(axis=1)
+    cash -= trade_cost
     units = state.units + q
 
     # Average entry price per asset (for unrealised PnL): adding to a position averages in the
     # fill price, reducing keeps it, a flip or a fresh entry resets it, flat clears it.
     old_sign = np.sign(state.units)
     new_sign = np.sign(units)
-    adding = (new_sign == old_sign) & (np.abs(units) > np.abs(state.units))
-    safe_units = np.where(units != 0.0, units, 1.0)
-    averaged = (state.units * state.entry_price + q * price) / safe_units
-    entry = np.where(
-        new_sign == 0.0,
-        0.0,
-        np.where(new_sign != old_sign, price, np.where(adding, averaged, state.entry_price)),
-    )
+    same_sign = new_sign == old_sign
+    flat = new_sign == 0.0
+    adding = np.abs(units) > np.abs(state.units)
+    adding &= same_sign
+    averaged = state.units * state.entry_price
+    averaged += paid
+    averaged /= np.where(flat, 1.0, units)  # flat <=> units == 0 (sign(-0.0) == 0 too)
+    entry = np.where(adding, averaged, state.entry_price)
+    np.copyto(entry, price, where=~same_sign)
+    entry[flat] = 0.0
 
-    close = arrays.close[s]
+    close = arrays.close.take(s, axis=0)
     funding = holding_cost(units, cash, close, arrays.bars_per_year, cfg)
-    cash = cash - funding
-    value = cash + (units * close).sum(axis=1)
+    cash -= funding
+    held = units * close
+    value = cash + held.sum(axis=1)
     peak = np.maximum(state.peak, value)
 
     ratio = value / state.value
-    log_return = np.log(np.maximum(ratio, _RUIN_RATIO_FLOOR))
+    np.maximum(ratio, _RUIN_RATIO_FLOOR, out=ratio)
+    log_return = np.log(ratio, out=ratio)
     safe_value = np.where(np.abs(value) > 1e-12, value, 1e-12)
+    held /= safe_value[:, None]
     ctx = RewardContext(
         log_return=log_return,
         value=value,
@@ -391,20 +407,21 @@ def step_core(
         prev_peak=state.peak,
         turnover=costs.notional / state.value,
         cost=trade_cost + funding,
-        benchmark_log_return=arrays.benchmark_log_return[s],
-        exposure=units * close / safe_value[:, None],
+        benchmark_log_return=arrays.benchmark_log_return.take(s),
+        exposure=held,
     )
     rew, reward_state = reward(ctx, state.reward_state)
 
-    in_trade = (units != 0.0).any(axis=1)
-    same_book = (new_sign == old_sign).all(axis=1)
-    time_in_trade = np.where(in_trade, np.where(same_book, state.time_in_trade + 1, 1), 0)
+    in_trade = ~flat.all(axis=1)  # == (units != 0).any(axis=1), NaN included
+    time_in_trade = np.where(same_sign.all(axis=1), state.time_in_trade + 1, 1)
+    time_in_trade *= in_trade
     n_trades = (q != 0.0).sum(axis=1)
 
     terminated = value <= 0.0
     if params.max_drawdown is not None:
-        terminated = terminated | (value < peak * (1.0 - params.max_drawdown))
-    truncated = (s >= state.end) & ~terminated
+        terminated |= value < peak * (1.0 - params.max_drawdown)
+    truncated = s >= state.end
+    truncated &= ~terminated
 
     new_state = CoreState(
         t=s,
