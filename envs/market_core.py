@@ -41,6 +41,7 @@ __all__ = [
     "initial_state",
     "observe",
     "portfolio_block",
+    "portfolio_block_and_exposure",
     "realised_volatility",
     "reset_rows",
     "step_core",
@@ -460,16 +461,34 @@ def portfolio_block(state: CoreState, arrays: MarketArrays, window: int) -> np.n
     ``bars / (bars + window)`` (0 when flat, 0.5 after ``window`` bars, bounded by 1), last
     target exposure per asset.
     """
-    close = arrays.close[state.t]
+    return portfolio_block_and_exposure(state, arrays, window)[0]
+
+
+def portfolio_block_and_exposure(
+    state: CoreState, arrays: MarketArrays, window: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`portfolio_block` and the unclipped ``(B, N)`` exposures it starts from.
+
+    The batched env reports the exposures in its info; computing both here saves it a second
+    pass. The block is written column by column into one array (no concatenation) and clipped
+    with ``maximum``/``minimum``, which equal ``np.clip`` element for element (NaN included).
+    """
+    n = state.units.shape[1]
+    close = arrays.close.take(state.t, axis=0)
     value = np.where(np.abs(state.value) > 1e-12, state.value, 1e-12)
-    exposure = state.units * close / value[:, None]
-    upnl = (state.units * (close - state.entry_price)).sum(axis=1) / value
-    tit = state.time_in_trade / (state.time_in_trade + window)
-    out = np.concatenate(
-        [exposure, (state.cash / value)[:, None], upnl[:, None], tit[:, None], state.last_target],
-        axis=1,
-    )
-    return np.clip(out, -PORTFOLIO_CLIP, PORTFOLIO_CLIP, out=out)
+    exposure = state.units * close
+    exposure /= value[:, None]
+    out = np.empty((exposure.shape[0], 2 * n + 3))
+    out[:, :n] = exposure
+    np.divide(state.cash, value, out=out[:, n])
+    upnl = close - state.entry_price
+    upnl *= state.units
+    np.divide(upnl.sum(axis=1), value, out=out[:, n + 1])
+    np.divide(state.time_in_trade, state.time_in_trade + window, out=out[:, n + 2])
+    out[:, n + 3 :] = state.last_target
+    np.maximum(out, -PORTFOLIO_CLIP, out=out)
+    np.minimum(out, PORTFOLIO_CLIP, out=out)
+    return out, exposure
 
 
 def observe(state: CoreState, arrays: MarketArrays, window: int) -> dict[str, np.ndarray]:

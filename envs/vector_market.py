@@ -17,7 +17,13 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.errors import ConfigError
-from envs.market_core import CoreState, initial_state, portfolio_block, reset_rows, step_core
+from envs.market_core import (
+    CoreState,
+    initial_state,
+    portfolio_block_and_exposure,
+    reset_rows,
+    step_core,
+)
 from envs.market_env import MarketSetup, build_market_setup
 from envs.metrics import episode_metrics
 
@@ -123,8 +129,8 @@ class MarketTradingVectorEnv(VectorEnv):
         self._state = initial_state(setup.arrays, setup.params, setup.reward, starts, ends)
         self._equity[:, 0] = setup.params.initial_cash
         self._autoreset[:] = False
-        obs = self._observe(self._state)
-        return obs, self._info(self._state, np.zeros(self.num_envs))
+        obs, exposure = self._observe(self._state)
+        return obs, self._info(self._state, np.zeros(self.num_envs), exposure)
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every env with array operations; envs that ended last step are reset instead."""
@@ -132,7 +138,8 @@ class MarketTradingVectorEnv(VectorEnv):
             raise RuntimeError("MarketTradingVectorEnv.step called before reset()")
         setup = self.setup
         resetting = self._autoreset
-        if resetting.any():
+        any_reset = bool(resetting.any())
+        if any_reset:
             # Their actions are ignored (NEXT_STEP autoreset): substitute a valid no-op.
             actions = self._neutralise(actions, resetting)
         targets = setup.map_actions(actions, self.num_envs)
@@ -141,7 +148,7 @@ class MarketTradingVectorEnv(VectorEnv):
         terminated = out.terminated
         truncated = out.truncated
         step_cost = out.step_cost
-        if resetting.any():
+        if any_reset:
             starts, ends = self._draw(resetting)
             fresh = initial_state(setup.arrays, setup.params, setup.reward, starts, ends)
             state = reset_rows(state, fresh, resetting)
@@ -152,17 +159,19 @@ class MarketTradingVectorEnv(VectorEnv):
         self._state = state
         self._equity[self._rows, state.steps] = state.value
         done = terminated | truncated
-        info = self._info(state, step_cost)
+        obs, exposure = self._observe(state)
+        info = self._info(state, step_cost, exposure)
         if done.any():
             info["episode"], info["_episode"] = self._episode_info(state, done), done.copy()
         self._autoreset = done
-        obs = self._observe(state)
         return obs, rewards, terminated, truncated, info
 
     # --- helpers ----------------------------------------------------------------------------------
-    def _observe(self, state: CoreState) -> Any:
+    def _observe(self, state: CoreState) -> tuple[Any, np.ndarray]:
+        """Observations and the (unclipped) exposures the portfolio block starts from."""
         setup = self.setup
-        return self._assemble(state.t, portfolio_block(state, setup.arrays, setup.params.window))
+        block, exposure = portfolio_block_and_exposure(state, setup.arrays, setup.params.window)
+        return self._assemble(state.t, block), exposure
 
     def _draw(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Start and end bars for the envs in ``mask`` (others get placeholders)."""
@@ -182,12 +191,13 @@ class MarketTradingVectorEnv(VectorEnv):
                 arr[mask] = 0.0
         return arr
 
-    def _info(self, state: CoreState, step_cost: np.ndarray) -> dict[str, Any]:
-        close = self.setup.arrays.close[state.t]
-        value = np.where(np.abs(state.value) > 1e-12, state.value, 1e-12)
+    def _info(
+        self, state: CoreState, step_cost: np.ndarray, exposure: np.ndarray
+    ) -> dict[str, Any]:
+        # ``exposure`` (units * close / value at bar t) is a fresh array of _observe's.
         values = {
             "portfolio_value": state.value.copy(),
-            "position": state.units * close / value[:, None],
+            "position": exposure,
             "cash": state.cash.copy(),
             "fees": state.fees.copy(),
             "spread": state.spread.copy(),
