@@ -175,10 +175,23 @@ class MarketTradingVectorEnv(VectorEnv):
 
     def _draw(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Start and end bars for the envs in ``mask`` (others get placeholders)."""
+        # MarketSetup.draw_start restated for a batch: each env still draws from its own
+        # generator with the same call (so env i follows a single env seeded seed + i, tested),
+        # but the bounds and the episode ends are computed once, outside the Python loop.
+        setup = self.setup
+        lo, hi = setup.start_range()
         starts = np.zeros(self.num_envs, dtype=np.int64)
+        rows = np.flatnonzero(mask)
+        if setup.random_start:
+            rngs = self._rngs
+            starts[rows] = [int(rngs[i].integers(lo, hi + 1)) for i in rows]
+        else:
+            starts[rows] = lo
         ends = np.zeros(self.num_envs, dtype=np.int64)
-        for i in np.flatnonzero(mask):
-            starts[i], ends[i] = self.setup.draw_start(self._rngs[i])
+        if setup.episode_length is None:
+            ends[rows] = setup.arrays.n_bars - 1
+        else:
+            ends[rows] = starts[rows] + setup.episode_length
         return starts, ends
 
     def _neutralise(self, actions: Any, mask: np.ndarray) -> np.ndarray:
