@@ -11,8 +11,14 @@ from gymnasium.vector import AutoresetMode
 
 import envs  # noqa: F401  (registers the ids)
 from envs.data.dataset import MarketDataset
-from envs.errors import ConfigError
+from envs.errors import ConfigError, DataError
 from envs.execution import ActionError
+from envs.market_core import (
+    PORTFOLIO_CLIP,
+    observe,
+    portfolio_block,
+    portfolio_block_and_exposure,
+)
 from envs.market_env import MarketTradingEnv
 from envs.vector_market import MarketTradingVectorEnv
 
@@ -136,3 +142,77 @@ def test_make_vec_spaces_masks_errors_and_pickle() -> None:
     np.testing.assert_equal(venv.step(a), clone.step(a))
     with pytest.raises(ConfigError):
         MarketTradingVectorEnv(0, dataset=gbm_dataset(), features=FEATURES, window=6)
+
+
+@pytest.mark.parametrize("flatten", [True, False])
+def test_batch_assembler_equals_build_batch_of_observe(flatten: bool) -> None:
+    """The sliding-window assembler (chunked, several chunks here) equals the reference path."""
+    data = gbm_dataset(n_assets=2)
+    blocks = {"forecast": np.random.default_rng(3).normal(size=(len(data), 2, 3))}
+    venv = MarketTradingVectorEnv(
+        7,
+        dataset=data,
+        features=FEATURES,
+        window=6,
+        episode_length=12,
+        action_mode="weights",
+        predictor_blocks=blocks,
+        flatten=flatten,
+    )
+    venv.reset(seed=4)
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        venv.step(_sample(venv.single_action_space, rng, 7))
+    setup, state = venv.setup, venv.state
+    assemble = setup.builder.batch_assembler(
+        "market", setup.arrays.features, setup.arrays.blocks, "portfolio"
+    )
+    assemble.chunk_rows = 3  # 7 rows -> chunks of 3, 3, 1
+    block = portfolio_block(state, setup.arrays, setup.params.window)
+    got = assemble(state.t, block)
+    want = setup.builder.build_batch(observe(state, setup.arrays, setup.params.window))
+    np.testing.assert_equal(got, want)
+    # Fresh arrays: writing into one observation changes neither the data nor the next one.
+    features_before = setup.arrays.features.copy()
+    first = got if flatten else got["market"]
+    first[...] = 123.0
+    np.testing.assert_array_equal(setup.arrays.features, features_before)
+    np.testing.assert_equal(assemble(state.t, block), want)
+    # The pickled assembler rebuilds its views and gives the same observations.
+    np.testing.assert_equal(pickle.loads(pickle.dumps(assemble))(state.t, block), want)
+    with pytest.raises(DataError, match="bars must lie in"):
+        assemble(np.array([setup.params.window - 2] * 7), block)  # would wrap around
+    with pytest.raises(DataError, match="portfolio"):
+        assemble(state.t, block[:, :-1])
+
+
+def test_portfolio_block_and_exposure_match_reference() -> None:
+    """The block written in place equals concatenate + clip; exposures equal info['position']."""
+    venv = MarketTradingVectorEnv(
+        5, dataset=gbm_dataset(n_assets=3), features=FEATURES, window=6, action_mode="weights"
+    )
+    venv.reset(seed=0)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        _, _, _, _, info = venv.step(_sample(venv.single_action_space, rng, 5))
+    state, arrays = venv.state, venv.setup.arrays
+    block, exposure = portfolio_block_and_exposure(state, arrays, 6)
+    close = arrays.close[state.t]
+    value = np.where(np.abs(state.value) > 1e-12, state.value, 1e-12)
+    want_exposure = state.units * close / value[:, None]
+    upnl = (state.units * (close - state.entry_price)).sum(axis=1) / value
+    tit = state.time_in_trade / (state.time_in_trade + 6)
+    want = np.concatenate(
+        [
+            want_exposure,
+            (state.cash / value)[:, None],
+            upnl[:, None],
+            tit[:, None],
+            state.last_target,
+        ],
+        axis=1,
+    )
+    np.testing.assert_array_equal(block, np.clip(want, -PORTFOLIO_CLIP, PORTFOLIO_CLIP))
+    np.testing.assert_array_equal(exposure, want_exposure)
+    np.testing.assert_array_equal(info["position"], want_exposure)
+    np.testing.assert_array_equal(portfolio_block(state, arrays, 6), block)
