@@ -27,7 +27,7 @@ from envs.market_core import (
 from envs.market_env import MarketSetup, build_market_setup
 from envs.metrics import episode_metrics
 
-__all__ = ["MarketTradingVectorEnv"]
+__all__ = ["MarketTradingVectorEnv", "batch_episode_metrics"]
 
 
 class MarketTradingVectorEnv(VectorEnv):
@@ -227,18 +227,80 @@ class MarketTradingVectorEnv(VectorEnv):
         return info
 
     def _episode_info(self, state: CoreState, done: np.ndarray) -> dict[str, np.ndarray]:
-        keys = ("return", "sharpe", "sortino", "max_drawdown", "calmar", "turnover")
-        out = {k: np.zeros(self.num_envs) for k in keys}
+        out = {k: np.zeros(self.num_envs) for k in _EPISODE_KEYS}
         bpy = self.setup.arrays.bars_per_year
-        cash0 = self.setup.params.initial_cash
-        for i in np.flatnonzero(done):
-            metrics = episode_metrics(
-                self._equity[i, : state.steps[i] + 1],
-                bpy,
-                turnover=float(state.traded_notional[i]) / cash0,
-            )
-            for k in keys:
-                out[k][i] = metrics[k]
-        for k in keys:
+        turnover = state.traded_notional / self.setup.params.initial_cash
+        rows = np.flatnonzero(done)
+        lengths = state.steps[rows] + 1
+        # Episodes that end together usually have the same length: one array pass per length.
+        for length in np.unique(lengths):
+            group = rows[lengths == length]
+            metrics = batch_episode_metrics(self._equity[group, :length], bpy, turnover[group])
+            for k in _EPISODE_KEYS:
+                out[k][group] = metrics[k]
+        for k in _EPISODE_KEYS:
             out[f"_{k}"] = done.copy()
         return out
+
+
+_EPISODE_KEYS = ("return", "sharpe", "sortino", "max_drawdown", "calmar", "turnover")
+
+
+def batch_episode_metrics(
+    equity: np.ndarray, bars_per_year: float, turnover: np.ndarray
+) -> dict[str, np.ndarray]:
+    """:func:`envs.metrics.episode_metrics` of ``k`` equity curves of one length, as arrays.
+
+    The same formulas on ``(k, L)`` arrays: row-wise reductions along the contiguous last axis
+    (NumPy's pairwise sums, as for one curve) and elementwise operations, so every value equals
+    the per-curve function bit for bit (``tests/test_market_vector.py`` pins the two on random,
+    flat and ruined curves). Rows the array form does not restate (a non-positive first value, a
+    non-finite return) and the annualised return behind Calmar (a scalar power) go through the
+    per-curve code. The per-curve loop cost ~35 us per finished episode, the array form ~1.5 us.
+
+    Args:
+        equity: ``(k, L)`` equity curves, each starting with the initial value.
+        bars_per_year: bars per year of the data, for annualisation.
+        turnover: ``(k,)`` traded notional over the initial value, passed through.
+
+    Returns:
+        One ``(k,)`` float64 array per key of :func:`envs.metrics.episode_metrics`.
+    """
+    equity = np.ascontiguousarray(equity, dtype=np.float64)
+    k, length = equity.shape
+    out = {key: np.zeros(k) for key in _EPISODE_KEYS}
+    out["turnover"][:] = turnover
+    if length < 2:
+        return out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rets = np.diff(equity, axis=1) / equity[:, :-1]
+    exact = (equity[:, 0] > 0) & np.isfinite(rets).all(axis=1)
+    for i in np.flatnonzero(~exact):
+        single = episode_metrics(equity[i], bars_per_year, turnover=float(turnover[i]))
+        for key in _EPISODE_KEYS:
+            out[key][i] = single[key]
+    rows = np.flatnonzero(exact)
+    if rows.size == 0:
+        return out
+    eq = equity[rows]
+    rets = rets[rows]
+    out["return"][rows] = eq[:, -1] / eq[:, 0] - 1.0
+    peaks = np.maximum.accumulate(eq, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drawdown = np.where(peaks > 0, eq / peaks - 1.0, 0.0)
+    mdd = np.minimum(drawdown.min(axis=1), 0.0)
+    out["max_drawdown"][rows] = mdd
+    if length - 1 >= 2:
+        ann = np.sqrt(bars_per_year)
+        mean = rets.mean(axis=1)
+        std = rets.std(axis=1, ddof=1)
+        downside = np.sqrt(np.mean(np.minimum(rets, 0.0) ** 2, axis=1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["sharpe"][rows] = np.where(std > 1e-12, mean / std * ann, 0.0)
+            out["sortino"][rows] = np.where(downside > 1e-12, mean / downside * ann, 0.0)
+    years = (length - 1) / bars_per_year
+    calmar = out["calmar"]
+    for j in np.flatnonzero((eq[:, -1] > 0) & (mdd < -1e-12)):
+        ann_ret = float((eq[j, -1] / eq[j, 0]) ** (1.0 / years) - 1.0)
+        calmar[rows[j]] = ann_ret / abs(float(mdd[j]))
+    return out

@@ -20,7 +20,8 @@ from envs.market_core import (
     portfolio_block_and_exposure,
 )
 from envs.market_env import MarketTradingEnv
-from envs.vector_market import MarketTradingVectorEnv
+from envs.metrics import episode_metrics
+from envs.vector_market import MarketTradingVectorEnv, batch_episode_metrics
 
 HOUR_NS = 3600 * 10**9
 FEATURES = ("logret_1", "logret_4", "rvol_8")
@@ -216,3 +217,27 @@ def test_portfolio_block_and_exposure_match_reference() -> None:
     np.testing.assert_array_equal(exposure, want_exposure)
     np.testing.assert_array_equal(info["position"], want_exposure)
     np.testing.assert_array_equal(portfolio_block(state, arrays, 6), block)
+
+
+def test_batch_episode_metrics_equal_episode_metrics_bit_for_bit() -> None:
+    """The array restatement equals envs.metrics.episode_metrics on every curve, every key."""
+    rng = np.random.default_rng(7)
+    for length in (1, 2, 3, 9, 130, 1500):
+        for sigma in (0.0, 1e-4, 0.02):
+            k = 12
+            steps = rng.normal(0.0, sigma, (k, length))
+            equity = 10_000.0 * np.exp(np.cumsum(steps, axis=1))
+            equity[:, 0] = 10_000.0
+            if length > 3:
+                equity[0, 2:] = 0.0  # ruined: a non-finite return goes through the per-curve code
+                equity[1, -1] = -50.0  # negative final value: no Calmar
+                equity[2, 1] = np.nan
+            equity[3, 0] = 0.0  # non-positive start: all zeros
+            turnover = rng.random(k)
+            got = batch_episode_metrics(equity, 8760.0, turnover)
+            for i in range(k):
+                with np.errstate(all="ignore"):
+                    want = episode_metrics(equity[i], 8760.0, turnover=float(turnover[i]))
+                for key, value in want.items():
+                    assert np.array_equal(got[key][i], value, equal_nan=True), (length, i, key)
+                    assert np.signbit(got[key][i]) == np.signbit(value)
