@@ -3,8 +3,12 @@
 The step is :func:`envs.market_core.step_core` applied to ``(num_envs, ...)`` state arrays, the
 same function the single env runs with a batch of one, so env ``i`` of a vector env seeded with
 ``seed`` follows exactly the trajectory of a single env seeded with ``seed + i`` (tested).
-Python loops only run over envs that reset (to draw their start bar from their own generator)
-or finish (to compute their episode metrics), never over all envs in ``step``.
+The only Python loop runs over envs that reset (each draws its start bar from its own
+generator); finished episodes' metrics are computed as arrays (:func:`batch_episode_metrics`).
+
+Performance (issue 3): observations come from :meth:`ObservationBuilder.batch_assembler`, which
+gathers each market window as one contiguous run of a sliding-window view instead of ``W``
+separate rows, and the info reuses the exposures computed for the portfolio block.
 """
 
 from __future__ import annotations
