@@ -43,6 +43,7 @@ from agents.checkpoint import CheckpointError, atomic_torch_save, safe_torch_loa
 from agents.replay import ReplayBatch, ReplayBuffer
 from agents.sac import SAC, SACConfig
 from agents.spaces import ObservationFlattener, space_from_dict, space_to_dict
+from agents.training_log import write_rollout_scalars
 from envs.errors import ConfigError
 from world_models.dynamics import DynamicsModel, EnsembleDynamics
 from world_models.ensemble import EnsembleConfig
@@ -384,11 +385,9 @@ class MBPO(Learner):
 
     def _log(self, writer: ScalarWriter, start_time: float, start_steps: int) -> None:
         step = self.num_timesteps
-        if self.episode_returns:
-            writer.add_scalar("rollout/ep_rew_mean", float(np.mean(self.episode_returns)), step)
-            writer.add_scalar("rollout/ep_len_mean", float(np.mean(self.episode_lengths)), step)
-        elapsed = max(time.perf_counter() - start_time, 1e-9)
-        writer.add_scalar("time/fps", (step - start_steps) / elapsed, step)
+        write_rollout_scalars(
+            writer, step, self.episode_returns, self.episode_lengths, start_time, start_steps
+        )
         for name, value in self._stats.items():
             writer.add_scalar(name, value, step)
         for name, value in self.sac._last_stats.items():
