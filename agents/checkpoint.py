@@ -23,7 +23,7 @@ import torch
 from agents.base import get_device
 from envs.errors import DataError
 
-__all__ = ["CheckpointError", "atomic_torch_save", "safe_torch_load"]
+__all__ = ["CheckpointError", "atomic_torch_save", "load_training_checkpoint", "safe_torch_load"]
 
 
 class CheckpointError(DataError):
@@ -92,3 +92,31 @@ def safe_torch_load(path: str | Path, device: str | torch.device = "cpu") -> Any
         raise CheckpointError(
             f"checkpoint {path}: not a readable torch checkpoint ({exc})"
         ) from exc
+
+
+def load_training_checkpoint(
+    path: str | Path,
+    device: str | torch.device,
+    file_format: str,
+    kind: str,
+    expected: dict[str, Any],
+) -> dict[str, Any]:
+    """Load a learner's training checkpoint and check its format tag and recorded values.
+
+    Args:
+        path: the checkpoint file.
+        device: where tensors are mapped.
+        file_format: the ``format`` tag the learner writes (e.g. ``marketrl.sac.checkpoint``).
+        kind: the learner named with its article, for messages (``a SAC``, ``an MBPO``).
+        expected: entries that must equal the agent's own (e.g. its spaces as plain dicts).
+
+    Raises:
+        CheckpointError: unreadable file, another kind of file, or a differing entry.
+    """
+    state = safe_torch_load(path, device)
+    if not isinstance(state, dict) or state.get("format") != file_format:
+        raise CheckpointError(f"checkpoint {path}: not {kind} training checkpoint")
+    for key, mine in expected.items():
+        if state[key] != mine:
+            raise CheckpointError(f"checkpoint {path}: {key} {state[key]} differs from {mine}")
+    return state

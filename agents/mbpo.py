@@ -39,7 +39,12 @@ import torch
 from gymnasium import spaces
 
 from agents.base import Learner, ScalarWriter, StepCallback, get_device
-from agents.checkpoint import CheckpointError, atomic_torch_save, safe_torch_load
+from agents.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    load_training_checkpoint,
+    safe_torch_load,
+)
 from agents.replay import ReplayBatch, ReplayBuffer
 from agents.sac import SAC, SACConfig
 from agents.spaces import ObservationFlattener, space_from_dict, space_to_dict
@@ -479,15 +484,16 @@ class MBPO(Learner):
         Raises:
             CheckpointError: wrong file kind, or spaces that do not match.
         """
-        state = safe_torch_load(path, "cpu")
-        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint {path}: not an MBPO training checkpoint")
-        for key, mine in (
-            ("observation_space", space_to_dict(self.observation_space)),
-            ("action_space", space_to_dict(self.action_space)),
-        ):
-            if state[key] != mine:
-                raise CheckpointError(f"checkpoint {path}: {key} {state[key]} differs from {mine}")
+        state = load_training_checkpoint(
+            path,
+            "cpu",
+            _CHECKPOINT_FORMAT,
+            "an MBPO",
+            {
+                "observation_space": space_to_dict(self.observation_space),
+                "action_space": space_to_dict(self.action_space),
+            },
+        )
         with tempfile.TemporaryDirectory() as tmp:
             sac_path = Path(tmp) / "sac.pt"
             atomic_torch_save(state["sac"], sac_path)

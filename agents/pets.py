@@ -32,7 +32,12 @@ import torch
 from gymnasium import spaces
 
 from agents.base import Learner, ScalarWriter, StepCallback, get_device
-from agents.checkpoint import CheckpointError, atomic_torch_save, safe_torch_load
+from agents.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    load_training_checkpoint,
+    safe_torch_load,
+)
 from agents.planning import CEMPlanner, MPPIPlanner
 from agents.replay import ReplayBuffer
 from agents.spaces import ObservationFlattener, space_from_dict, space_to_dict
@@ -459,15 +464,16 @@ class PETS(Learner):
         Raises:
             CheckpointError: wrong file kind, or spaces that do not match.
         """
-        state = safe_torch_load(path, "cpu")
-        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint {path}: not a PETS training checkpoint")
-        for key, mine in (
-            ("observation_space", space_to_dict(self.observation_space)),
-            ("action_space", space_to_dict(self.action_space)),
-        ):
-            if state[key] != mine:
-                raise CheckpointError(f"checkpoint {path}: {key} {state[key]} differs from {mine}")
+        state = load_training_checkpoint(
+            path,
+            "cpu",
+            _CHECKPOINT_FORMAT,
+            "a PETS",
+            {
+                "observation_space": space_to_dict(self.observation_space),
+                "action_space": space_to_dict(self.action_space),
+            },
+        )
         self._load_dynamics(path, state["dynamics"])
         self.dynamics.load_extra_state(state["dynamics_extra"])
         if tuple(state["plan"].shape) == tuple(self.planner.mean.shape):

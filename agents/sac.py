@@ -41,7 +41,12 @@ from gymnasium import spaces
 from torch import nn
 
 from agents.base import Learner, ScalarWriter, StepCallback, get_device
-from agents.checkpoint import CheckpointError, atomic_torch_save, safe_torch_load
+from agents.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    load_training_checkpoint,
+    safe_torch_load,
+)
 from agents.networks import EnsembleMLP, mlp
 from agents.replay import ReplayBatch, ReplayBuffer
 from agents.spaces import ObservationFlattener, space_from_dict, space_to_dict
@@ -549,15 +554,16 @@ class SAC(Learner):
         Raises:
             CheckpointError: wrong file kind, or spaces/network shapes that do not match.
         """
-        state = safe_torch_load(path, self.device)
-        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint {path}: not a SAC training checkpoint")
-        for key, mine in (
-            ("observation_space", space_to_dict(self.observation_space)),
-            ("action_space", space_to_dict(self.action_space)),
-        ):
-            if state[key] != mine:
-                raise CheckpointError(f"checkpoint {path}: {key} {state[key]} differs from {mine}")
+        state = load_training_checkpoint(
+            path,
+            self.device,
+            _CHECKPOINT_FORMAT,
+            "a SAC",
+            {
+                "observation_space": space_to_dict(self.observation_space),
+                "action_space": space_to_dict(self.action_space),
+            },
+        )
         for key in ("net_arch", "n_critics"):
             if state["config"][key] != getattr(self.config, key):
                 raise CheckpointError(
