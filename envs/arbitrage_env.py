@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -202,6 +202,43 @@ def action_space_for(cfg: core.ArbConfig) -> spaces.Space:
     return spaces.Box(low, high, dtype=np.float32)
 
 
+class Setup(NamedTuple):
+    """What the single and the vector env derive alike from their constructor arguments."""
+
+    cfg: core.ArbConfig
+    episode_length: int
+    scenario_rows: int
+    source: ScenarioSource
+    builder: ObservationBuilder
+
+
+def build_setup(
+    scenario: DefiScenario | None,
+    scenario_params: ScenarioParams | None,
+    dataset: MarketDataset | None,
+    dataset_symbol: str | None,
+    mode: str,
+    predictor_blocks: dict[str, np.ndarray] | None,
+    flatten: bool,
+    episode_length: int,
+    config: dict[str, Any],
+) -> Setup:
+    """Validate the shared constructor arguments of ``Arbitrage-v0`` and build its parts.
+
+    Raises:
+        ConfigError: ``episode_length`` below 1 or a bad config field.
+    """
+    if int(episode_length) < 1:
+        raise ConfigError(f"episode_length must be >= 1, got {episode_length}")
+    cfg = build_config(mode, **config)
+    rows = cfg.gas_window + int(episode_length) + 1
+    source = ScenarioSource(
+        cfg, rows, scenario, scenario_params, dataset, dataset_symbol, predictor_blocks
+    )
+    builder = make_observation_builder(cfg, source.predictor_shapes, flatten)
+    return Setup(cfg, int(episode_length), rows, source, builder)
+
+
 class ArbitrageEnv(gym.Env):
     """Arbitrage between a reference venue (CEX) and constant-product AMM pools, or two pools.
 
@@ -330,22 +367,17 @@ class ArbitrageEnv(gym.Env):
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']}")
-        if int(episode_length) < 1:
-            raise ConfigError(f"episode_length must be >= 1, got {episode_length}")
-        self.cfg = build_config(mode, **config)
-        self.episode_length = int(episode_length)
-        self.render_mode = render_mode
-        self.scenario_rows = self.cfg.gas_window + self.episode_length + 1
-        self.source = ScenarioSource(
-            self.cfg,
-            self.scenario_rows,
-            scenario,
-            scenario_params,
-            dataset,
-            dataset_symbol,
-            predictor_blocks,
+        setup = build_setup(
+            scenario, scenario_params, dataset, dataset_symbol, mode, predictor_blocks,
+            flatten, episode_length, config,
+        )  # fmt: skip
+        self.cfg, self.episode_length = setup.cfg, setup.episode_length
+        self.scenario_rows, self.source, self.builder = (
+            setup.scenario_rows,
+            setup.source,
+            setup.builder,
         )
-        self.builder = make_observation_builder(self.cfg, self.source.predictor_shapes, flatten)
+        self.render_mode = render_mode
         self.observation_space = self.builder.observation_space
         self.action_space = action_space_for(self.cfg)
         self._scen = core.ScenarioBatch.empty(

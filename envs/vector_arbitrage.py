@@ -19,11 +19,9 @@ from gymnasium.vector.utils import batch_space
 
 from envs import arbitrage_core as core
 from envs.arbitrage_env import (
-    ScenarioSource,
     action_space_for,
-    build_config,
+    build_setup,
     episode_summary,
-    make_observation_builder,
 )
 from envs.data.dataset import MarketDataset
 from envs.data.defi import DefiScenario, ScenarioParams
@@ -63,23 +61,18 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
     ) -> None:
         if int(num_envs) < 1:
             raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
-        if int(episode_length) < 1:
-            raise ConfigError(f"episode_length must be >= 1, got {episode_length}")
         self.num_envs = int(num_envs)
-        self.cfg = build_config(mode, **config)
-        self.episode_length = int(episode_length)
-        self.render_mode = None
-        self.scenario_rows = self.cfg.gas_window + self.episode_length + 1
-        self.source = ScenarioSource(
-            self.cfg,
-            self.scenario_rows,
-            scenario,
-            scenario_params,
-            dataset,
-            dataset_symbol,
-            predictor_blocks,
+        setup = build_setup(
+            scenario, scenario_params, dataset, dataset_symbol, mode, predictor_blocks,
+            flatten, episode_length, config,
+        )  # fmt: skip
+        self.cfg, self.episode_length = setup.cfg, setup.episode_length
+        self.scenario_rows, self.source, self.builder = (
+            setup.scenario_rows,
+            setup.source,
+            setup.builder,
         )
-        self.builder = make_observation_builder(self.cfg, self.source.predictor_shapes, flatten)
+        self.render_mode = None
         self.single_observation_space = self.builder.observation_space
         self.single_action_space = action_space_for(self.cfg)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
