@@ -21,7 +21,8 @@ from envs.errors import ConfigError
 AGENT_KINDS = ("sac", "qlearning", "mbpo", "pets", "sb3")
 
 
-def _plain(node: Any) -> dict[str, Any]:
+def plain_dict(node: Any) -> dict[str, Any]:
+    """A config node (OmegaConf or mapping, None for empty) as a plain, resolved dict."""
     if node is None:
         return {}
     if isinstance(node, DictConfig):
@@ -58,7 +59,7 @@ def build_agent(
         ConfigError: unknown kind or field, bad value, or an action space the agent cannot handle.
     """
     kind = _kind(agent_cfg)
-    params = _plain(agent_cfg.get("params"))
+    params = plain_dict(agent_cfg.get("params"))
     params.update(seed=seed, device=device)
     if log_interval is not None and kind != "sb3":
         params.setdefault("log_interval", int(log_interval))
@@ -88,7 +89,7 @@ def build_agent(
         algo=str(agent_cfg.get("algo")),
         env=env,
         policy=str(agent_cfg.get("policy") or "auto"),
-        policy_kwargs=_plain(agent_cfg.get("policy_kwargs")),
+        policy_kwargs=plain_dict(agent_cfg.get("policy_kwargs")),
         algo_kwargs=params,
         seed=seed,
         device=device,

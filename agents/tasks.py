@@ -26,7 +26,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import envs  # noqa: F401  (registers our env ids)
 from agents.evaluation import Policy
@@ -37,6 +37,7 @@ from agents.predictor_blocks import (
     market_predictor_blocks,
     predictor_specs,
 )
+from agents.registry import plain_dict
 from envs.data.dataset import MarketDataset
 from envs.errors import ConfigError
 
@@ -74,14 +75,6 @@ class Task:
     table_columns: list[str] | None = None
     baseline_env: gym.Env | None = None
     predictors: PredictorBlocks | None = None
-
-
-def _plain(node: Any) -> dict[str, Any]:
-    if node is None:
-        return {}
-    if isinstance(node, DictConfig):
-        return dict(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
-    return dict(node)
 
 
 def _action_mode(cfg: DictConfig, kwargs: dict[str, Any]) -> None:
@@ -156,11 +149,11 @@ def _market_baselines(env: gym.Env) -> dict[str, Callable[[gym.Env], Policy]]:
 def _market_task(cfg: DictConfig) -> Task:
     from envs.data.splits import chronological_split
 
-    data_cfg = _plain(cfg.data)
+    data_cfg = plain_dict(cfg.data)
     dataset = load_data(data_cfg, int(cfg.seed))
     shares = float(data_cfg.get("train", 0.7)), float(data_cfg.get("val", 0.15))
     train, val, test = chronological_split(dataset, train=shares[0], val=shares[1])
-    kwargs = _plain(cfg.env.get("kwargs"))
+    kwargs = plain_dict(cfg.env.get("kwargs"))
     _action_mode(cfg, kwargs)
     # Predictor blocks are walked once over the whole dataset (fitted on the training rows only)
     # and sliced per split, so validation and test blocks continue from the training data.
@@ -201,7 +194,7 @@ def _market_task(cfg: DictConfig) -> Task:
 
 
 def _gym_task(cfg: DictConfig) -> Task:
-    kwargs = _plain(cfg.env.get("kwargs"))
+    kwargs = plain_dict(cfg.env.get("kwargs"))
     env_id = str(cfg.env.id)
 
     def make() -> gym.Env:
@@ -230,7 +223,7 @@ def build_task(cfg: DictConfig) -> Task:
 def _arbitrage_task(cfg: DictConfig) -> Task:
     from envs.arbitrage_baselines import make_baseline
 
-    kwargs = _plain(cfg.env.get("kwargs"))
+    kwargs = plain_dict(cfg.env.get("kwargs"))
     _action_mode(cfg, kwargs)
     env_id = str(cfg.env.id)
     # Evaluation episodes default to the training episode length (the env's own default when the
@@ -244,7 +237,7 @@ def _arbitrage_task(cfg: DictConfig) -> Task:
     if specs:
         # With predictors: one fixed long scenario cut into train/val/test rows; episodes are
         # windows of their split at seeded random offsets, blocks are rows of the same scenario.
-        sizes = _plain(cfg.get("arbitrage_scenario"))
+        sizes = plain_dict(cfg.get("arbitrage_scenario"))
         probe = gym.make(env_id, **kwargs).unwrapped
         # Evaluation episodes default to the training length here ("null: same as training
         # episodes", configs/env/arbitrage.yaml), so they fit in the held-out rows.
