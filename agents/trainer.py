@@ -55,6 +55,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def best_validation_score(metrics: Mapping[str, Any]) -> float:
+    """The best validation score recorded in ``metrics`` (under the task's score key)."""
+    return float(next(v for k, v in metrics["best_val"].items() if k != "step"))
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check run-level fields before anything is built; ``ConfigError`` names the field."""
     for field in ("total_timesteps", "eval_episodes", "test_episodes"):

@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from agents.trainer import atomic_write_text, train
+from agents.trainer import atomic_write_text, best_validation_score, train
 from envs.errors import ConfigError
 
 
@@ -81,7 +81,7 @@ def tune(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                 raise optuna.TrialPruned()
 
         metrics = train(trial_cfg, out_dir / f"trial_{trial.number:03d}", on_eval=report)
-        return float(metrics["best_val"][next(k for k in metrics["best_val"] if k != "step")])
+        return best_validation_score(metrics)
 
     study.optimize(objective, n_trials=int(cfg.tune.n_trials))
     trials = [

@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from agents.trainer import train
+from agents.trainer import best_validation_score, train
 from envs.errors import ConfigError, DataError
 
 
@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> float:
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    return float(next(v for k, v in metrics["best_val"].items() if k != "step"))
+    return best_validation_score(metrics)
 
 
 if __name__ == "__main__":
