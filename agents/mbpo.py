@@ -18,7 +18,7 @@ The loop, per real env step:
 The model buffer holds ``rollout_batch_size * rollout_length * model_retain_rollouts``
 transitions (resized, newest kept, when the length changes), so stale rollouts age out.
 
-SAC is driven through its semi-public ``_update(ReplayBatch)`` and ``_policy_unit_action``; its
+SAC is driven through its public hooks (``update(ReplayBatch)``, ``policy_unit_action`` ...); its
 own ``learn`` loop fields (``learning_starts``, ``train_freq``, ``gradient_steps``) are unused
 here. Checkpoints embed SAC's own checkpoint dict (written with ``SAC.save_checkpoint`` to a
 temporary file and read back), so this file does not copy SAC's list of training state.
@@ -337,10 +337,10 @@ class MBPO(Learner):
         The env is reset with ``seed + num_timesteps`` (so resumed runs are reproducible);
         ``callback(num_timesteps)`` runs after every env step and returning False stops.
         """
-        self.sac._check_env(env)
+        self.sac.check_env(env)
         cfg = self.config
         if self.sac.replay is None:
-            self.sac.replay = self.sac._make_replay()
+            self.sac.replay = self.sac.make_replay()
         replay = self.sac.replay
         gamma = np.float32(self.sac.config.gamma)
         obs, _ = env.reset(seed=cfg.seed + self.num_timesteps)
@@ -352,9 +352,9 @@ class MBPO(Learner):
             if self.num_timesteps < cfg.learning_starts or self.model_fits == 0:
                 unit_action = self.np_random.uniform(-1.0, 1.0, (1, self.action_dim))
             else:
-                unit_action = self.sac._policy_unit_action(flat_obs, deterministic=False)
+                unit_action = self.sac.policy_unit_action(flat_obs, deterministic=False)
             next_obs, reward, terminated, truncated, _ = env.step(
-                self.sac._scale_action(unit_action)[0]
+                self.sac.scale_action(unit_action)[0]
             )
             flat_next = self.flattener.flatten(next_obs)[0]
             replay.add(flat_obs, unit_action, reward, flat_next, 0.0 if terminated else gamma)
@@ -377,7 +377,7 @@ class MBPO(Learner):
                 self.rollout_model()
             if self.model_fits:
                 for _ in range(cfg.updates_per_step):
-                    self.sac._update(self._mixed_batch())
+                    self.sac.update(self._mixed_batch())
 
             if (
                 writer is not None
@@ -395,8 +395,8 @@ class MBPO(Learner):
         )
         for name, value in self._stats.items():
             writer.add_scalar(name, value, step)
-        for name, value in self.sac._last_stats.items():
-            writer.add_scalar(f"train/{name}", float(value.item()), step)
+        for name, value in self.sac.train_stats().items():
+            writer.add_scalar(f"train/{name}", value, step)
 
     # ----------------------------------------------------------------------------- persistence
 

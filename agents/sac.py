@@ -279,13 +279,18 @@ class SAC(Learner):
 
     # ----------------------------------------------------------------------------- acting
 
-    def _scale_action(self, unit_action: np.ndarray) -> np.ndarray:
+    def scale_action(self, unit_action: np.ndarray) -> np.ndarray:
         """Map ``[-1, 1]`` to the Box bounds (clipped: float rounding may step past them)."""
         action = self._action_low + (unit_action + 1.0) * self._action_scale
         action = np.clip(action, self._action_low, self._action_high)
         return action.astype(self._action_dtype).reshape(-1, *self.action_space.shape)
 
-    def _policy_unit_action(self, flat_obs: np.ndarray, deterministic: bool) -> np.ndarray:
+    def policy_unit_action(self, flat_obs: np.ndarray, deterministic: bool) -> np.ndarray:
+        """The actor's action in ``[-1, 1]`` for flat observations ``(B, obs_dim)``.
+
+        This and :meth:`scale_action`, :meth:`update`, :meth:`make_replay`, :meth:`check_env`
+        and :meth:`train_stats` are the hooks other learners (MBPO) drive SAC through.
+        """
         obs_t = torch.from_numpy(flat_obs).to(self.device, non_blocking=True)
         with torch.inference_mode():
             action, _ = self._actor_fn(obs_t, self.generator, deterministic)
@@ -299,7 +304,7 @@ class SAC(Learner):
             deterministic: use the mean action ``tanh(mu)`` instead of sampling.
         """
         flat, batched = self.flattener.flatten(obs)
-        action = self._scale_action(self._policy_unit_action(flat, deterministic))
+        action = self.scale_action(self.policy_unit_action(flat, deterministic))
         return action if batched else action[0]
 
     # ----------------------------------------------------------------------------- learning
@@ -323,8 +328,13 @@ class SAC(Learner):
         # discounts = gamma * (1 - terminated): truncation bootstraps, termination does not.
         return rewards + discounts * next_v
 
-    def _update(self, batch: ReplayBatch) -> None:
-        """One gradient step on the entropy coefficient, the critics and the actor (SB3 order)."""
+    def update(self, batch: ReplayBatch) -> None:
+        """One gradient step on the entropy coefficient, the critics and the actor (SB3 order).
+
+        Args:
+            batch: transitions with unit-scaled actions and ``discounts`` (``gamma``, or 0 at
+                termination), as :class:`~agents.replay.ReplayBuffer` samples them.
+        """
         obs, actions, rewards, next_obs, discounts = batch
         cfg = self.config
 
@@ -368,14 +378,16 @@ class SAC(Learner):
         self._last_stats["ent_coef"] = alpha
         self._last_stats["q_mean"] = q.detach().mean()
 
-    def _make_replay(self) -> ReplayBuffer:
+    def make_replay(self) -> ReplayBuffer:
+        """A replay buffer sized and placed as the config says (its footprint is logged)."""
         replay = ReplayBuffer(
             self.observation_space, self.action_space, self.config.buffer_size, self.device
         )
         logger.info("SAC replay buffer: %s", replay.describe())
         return replay
 
-    def _check_env(self, env: gym.Env) -> None:
+    def check_env(self, env: gym.Env) -> None:
+        """Raise ``ConfigError`` unless ``env``'s spaces match the agent's."""
         env_obs = ObservationFlattener(env.observation_space)
         if env_obs.dim != self.obs_dim or env_obs.block_names != self.flattener.block_names:
             raise ConfigError(
@@ -389,6 +401,10 @@ class SAC(Learner):
                 f"sac learn: env action space {env.action_space} does not match the agent's "
                 f"{self.action_space}"
             )
+
+    def train_stats(self) -> dict[str, float]:
+        """The last update's losses, entropy coefficient and mean Q (one host read each)."""
+        return {name: float(value.item()) for name, value in self._last_stats.items()}
 
     def learn(
         self,
@@ -410,10 +426,10 @@ class SAC(Learner):
             callback: optional per-step hook.
             writer: optional scalar writer (TensorBoard ``SummaryWriter``).
         """
-        self._check_env(env)
+        self.check_env(env)
         cfg = self.config
         if self.replay is None:
-            self.replay = self._make_replay()
+            self.replay = self.make_replay()
         replay = self.replay
         gamma = np.float32(cfg.gamma)
         obs, _ = env.reset(seed=cfg.seed + self.num_timesteps)
@@ -425,8 +441,8 @@ class SAC(Learner):
             if self.num_timesteps < cfg.learning_starts:
                 unit_action = self.np_random.uniform(-1.0, 1.0, (1, self.action_dim))
             else:
-                unit_action = self._policy_unit_action(flat_obs, deterministic=False)
-            env_action = self._scale_action(unit_action)[0]
+                unit_action = self.policy_unit_action(flat_obs, deterministic=False)
+            env_action = self.scale_action(unit_action)[0]
             next_obs, reward, terminated, truncated, _ = env.step(env_action)
             flat_next = self.flattener.flatten(next_obs)[0]
             # On truncation next_obs is the real final observation: store it to bootstrap from.
@@ -448,7 +464,7 @@ class SAC(Learner):
                 and self.num_timesteps % cfg.train_freq == 0
             ):
                 for _ in range(cfg.gradient_steps):
-                    self._update(replay.sample(cfg.batch_size, self.generator))
+                    self.update(replay.sample(cfg.batch_size, self.generator))
 
             if (
                 writer is not None
@@ -465,8 +481,8 @@ class SAC(Learner):
             writer, step, self.episode_returns, self.episode_lengths, start_time, start_steps
         )
         # The only device-to-host reads of training statistics happen here.
-        for name, value in self._last_stats.items():
-            writer.add_scalar(f"train/{name}", float(value.item()), step)
+        for name, value in self.train_stats().items():
+            writer.add_scalar(f"train/{name}", value, step)
 
     # ----------------------------------------------------------------------------- persistence
 
@@ -586,5 +602,5 @@ class SAC(Learner):
         self.np_random.bit_generator.state = state["numpy_rng"]
         if state.get("replay") is not None:
             if self.replay is None:
-                self.replay = self._make_replay()
+                self.replay = self.make_replay()
             self.replay.load_state_dict(state["replay"])

@@ -144,6 +144,6 @@ class PolicyAdapter:
             unit = torch.tanh(mean).cpu().numpy()
             log_std = log_std.clamp(agent.actor.log_std_min, agent.actor.log_std_max)
             z = (mean.abs() / log_std.exp()).mean().item()
-        action = agent._scale_action(unit)[0]
+        action = agent.scale_action(unit)[0]
         confidence = math.erf(z / math.sqrt(2.0))  # = 2 * Phi(z) - 1
         return action, float(confidence)
