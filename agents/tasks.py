@@ -259,14 +259,15 @@ def _arbitrage_task(cfg: DictConfig) -> Task:
             }
             for split in rows
         }
-        train_env = gym.make(env_id, **dict(kwargs, **fixed["train"]))
+        train_env = gym.make(env_id, **dict(kwargs, episode_oracle=False, **fixed["train"]))
         val_env = gym.make(env_id, **dict(eval_kwargs, **fixed["val"]))
         test_env = gym.make(env_id, **dict(eval_kwargs, **fixed["test"]))
         eval_kwargs = dict(eval_kwargs, **fixed["test"])
     else:
         # Every episode is a fresh scenario drawn from the env's seeded RNG: training episodes
         # follow the run's seed, validation and test episodes use disjoint seed ranges.
-        train_env = gym.make(env_id, **kwargs)
+        # Training episodes skip the end-of-episode oracle replay (only evaluation reports it).
+        train_env = gym.make(env_id, **dict(kwargs, episode_oracle=False))
         val_env = gym.make(env_id, **eval_kwargs)
         test_env = gym.make(env_id, **eval_kwargs)
     # The oracle and the threshold rule act in the continuous mode; on the same seeds they see

@@ -38,6 +38,10 @@ from agents.seeding import set_seed
 from agents.tasks import Task, build_task
 from envs.errors import ConfigError
 
+# Stable TensorBoard names (README, TensorBoard section) where they differ from the metric keys
+# of metrics.json.
+_TB_NAMES = {"share_of_oracle": "oracle_share", "share_of_path_oracle": "path_oracle_share"}
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file and ``os.replace`` (never half-written)."""
@@ -170,7 +174,7 @@ def train(
         history.append(result)
         for key, value in result.items():
             if key != "step":
-                writer.add_scalar(f"eval/{key}", value, step)
+                writer.add_scalar(f"eval/{_TB_NAMES.get(key, key)}", value, step)
         score = result.get(task.score_key, result["mean_reward"])
         if score > best["score"]:
             best.update(score=score, step=step)

@@ -2,7 +2,9 @@
 
 - ``OraclePolicy``: privileged; sends the closed-form optimal trade of the block with a tip just
   above the competitor's (known in hindsight), so it attains the per-block oracle profit up to
-  rebalancing fees (exact with ``latency=0``). An upper bound, not a deployable policy.
+  rebalancing fees (exact with ``latency=0``). The env replays this policy at each episode's end
+  for ``oracle_profit`` (see ``ArbitrageEnv``, Oracle), so its own share is 1. A reference, not
+  a deployable policy.
 - ``ThresholdPolicy``: deployable; reads the observation's opportunity table and sends the
   closed-form optimal size when the gross profit beats the expected gas (at the current base
   fee plus its fixed bid) by a margin.
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from envs.arbitrage_core import GWEI
+from envs.arbitrage_env import profit_share
 from envs.errors import ConfigError
 from envs.vector_arbitrage import ArbitrageVectorEnv
 
@@ -241,9 +244,9 @@ def evaluate_policy_share(
 
     Episodes run side by side in an :class:`ArbitrageVectorEnv` (one sub-env per seed, seeded
     exactly like a single ``ArbitrageEnv`` with that seed). The share of an episode is its
-    realised profit over the sum of the per-block oracle profits along the same trajectory
-    (``info["oracle_profit"]``: best trade per pool at the block's start with perfect inclusion
-    at the competitor's bid; see ``envs.arbitrage_core``).
+    realised profit over the oracle policy's profit on the same episode (replayed by the env at
+    the episode's end; see ``ArbitrageEnv``, Oracle); the path share divides by the per-block
+    best trades summed along the policy's own trajectory instead (a strict bound for that path).
 
     Args:
         policy: a baseline (``policy(obs, env)``) or an agent with ``act(obs, deterministic)``
@@ -254,13 +257,14 @@ def evaluate_policy_share(
 
     Returns:
         dict with ``mean_share`` (mean of per-episode shares), ``aggregate_share`` (total profit
-        over total oracle profit), ``shares``, ``profits``, ``oracle_profits``, ``gas_spent``,
+        over total oracle profit), ``mean_path_share``, ``shares``, ``path_shares``,
+        ``profits``, ``oracle_profits``, ``path_oracle_profits``, ``gas_spent``,
         ``reverts`` and ``competitor_took`` per episode.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("evaluate_policy_share: need at least one seed")
-    env = ArbitrageVectorEnv(num_envs=len(seeds), **(env_kwargs or {}))
+    env = ArbitrageVectorEnv(num_envs=len(seeds), **{**(env_kwargs or {}), "episode_oracle": True})
     obs, _ = env.reset(seed=seeds)
     done = np.zeros(len(seeds), dtype=bool)
     summary: dict[str, np.ndarray] = {}
@@ -276,14 +280,17 @@ def evaluate_policy_share(
                 summary[k] = np.where(infos["_episode"] & ~done, v, summary[k])
         done |= truncated
     oracle = summary["oracle_profit"]
+    path_oracle = summary["path_oracle_profit"]
     profit = summary["total_profit"]
-    shares = np.where(oracle > 0, profit / np.where(oracle > 0, oracle, 1.0), 0.0)
     return {
-        "mean_share": float(shares.mean()),
-        "aggregate_share": float(profit.sum() / oracle.sum()) if oracle.sum() > 0 else 0.0,
-        "shares": shares,
+        "mean_share": float(summary["share_of_oracle"].mean()),
+        "aggregate_share": float(profit_share(profit.sum(), oracle.sum())),
+        "mean_path_share": float(summary["share_of_path_oracle"].mean()),
+        "shares": summary["share_of_oracle"],
+        "path_shares": summary["share_of_path_oracle"],
         "profits": profit,
         "oracle_profits": oracle,
+        "path_oracle_profits": path_oracle,
         "gas_spent": summary["gas_spent"],
         "reverts": summary["reverts"],
         "competitor_took": summary["competitor_took"],

@@ -29,7 +29,8 @@ policy can earn in that block, and the tightest we can justify without knowing t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -52,8 +53,11 @@ __all__ = [
     "init_state",
     "observation_blocks",
     "opportunity_table",
+    "oracle_run_profit",
+    "put_rows",
     "quote_limits",
     "reset_slots",
+    "take_rows",
 ]
 
 
@@ -981,6 +985,49 @@ def core_step(
         rebalance_fee=reb_fee,
         truncated=state.t >= episode_length,
     )
+
+
+def take_rows(batch: ArbState | ScenarioBatch, idx: np.ndarray) -> Any:
+    """Copy of envs ``idx`` of a batched state or scenario (every field indexed on axis 0)."""
+    out = {}
+    for f in fields(batch):
+        v = getattr(batch, f.name)
+        out[f.name] = {k: a[idx].copy() for k, a in v.items()} if isinstance(v, dict) else v[idx]
+    return type(batch)(**out)
+
+
+def put_rows(dst: ArbState, src: ArbState, idx: np.ndarray) -> None:
+    """Copy envs ``idx`` of ``src`` into the same rows of ``dst`` (same shapes)."""
+    for f in fields(dst):
+        d, s = getattr(dst, f.name), getattr(src, f.name)
+        if isinstance(d, dict):
+            for k in d:
+                d[k][idx] = s[k][idx]
+        else:
+            d[idx] = s[idx]
+
+
+def oracle_run_profit(
+    cfg: ArbConfig, state0: ArbState, scen: ScenarioBatch, episode_length: int
+) -> np.ndarray:
+    """Realised profit ``(N,)`` of the oracle policy replayed over whole episodes.
+
+    From ``state0`` (the state right after reset, not modified) the oracle trade of every
+    block (:func:`core_oracle_action`: the closed-form best trade per pool within the agent's
+    constraints, a tip just above the competitor's bid known in hindsight) is sent and
+    executed by :func:`core_step` on the same scenario rows, so competitors, gas, reverts,
+    inventory and rebalancing act on it exactly as on the agent. This is the episode's
+    ``oracle_profit``: unlike the per-block bound summed along a policy's own path
+    (``path_oracle_profit``), it does not depend on the policy being evaluated and does not
+    count a gap the policy left open once per block it stays open.
+    """
+    ocfg = replace(cfg, action_mode="continuous")
+    state = take_rows(state0, np.arange(state0.t.shape[0]))
+    while np.any(state.t < episode_length):
+        act = core_oracle_action(ocfg, state, scen)
+        size, tip = decode_actions(ocfg, act, state, scen)
+        core_step(ocfg, state, scen, size, tip, episode_length)
+    return state.cum["profit"].copy()
 
 
 def _rebalance(cfg: ArbConfig, state: ArbState, p: np.ndarray) -> np.ndarray:

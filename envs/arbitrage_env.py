@@ -302,7 +302,28 @@ class ArbitrageEnv(gym.Env):
     competitor's bid known in hindsight; see ``envs.arbitrage_core``), ``inventory`` (cex base,
     cex quote, dex base, dex quote), ``in_transit``, ``opportunity_size`` and ``cum_*`` running
     totals; ``action_mask`` in discrete mode; at the end ``episode`` with total profit, gas,
-    reverts and ``share_of_oracle``.
+    reverts, ``oracle_profit`` / ``share_of_oracle`` and ``path_oracle_profit`` /
+    ``share_of_path_oracle``.
+
+    ## Oracle
+
+    Two references, both with hindsight on the block's competitor bids and gas:
+
+    - ``oracle_profit`` (headline, ``share_of_oracle``): at the episode's end the oracle policy
+      (the ``oracle`` baseline: the closed-form best trade per pool within our constraints, a tip
+      just above the competitor's bid, so it is always included first) is replayed over the same
+      scenario rows from the same initial state, with the same competitors, gas, reverts,
+      inventory limits and rebalancing. It does not depend on the evaluated policy. It is the
+      best greedy policy with perfect foresight of the current block, not a proof-level bound: a
+      policy that lets gaps grow to pay gas less often could in principle exceed it (shares
+      above 1), and with ``latency > 0`` the oracle acts on stale reserves like everybody else.
+    - ``path_oracle_profit`` (``share_of_path_oracle``): the per-block best trade summed along
+      the evaluated policy's own trajectory (``info["oracle_profit"]`` per step). It is a strict
+      upper bound on that policy's profit, but loose for passive policies: a gap they leave open
+      is counted again in every block it stays open.
+
+    ``episode_oracle=False`` skips the replay (``oracle_profit`` is then NaN); it costs about one
+    episode of env arithmetic per episode end, so training envs switch it off.
 
     ## Episode End
 
@@ -343,7 +364,8 @@ class ArbitrageEnv(gym.Env):
     - ``gas_window``: length of ``gas_history`` (8); ``base_fee_ref_gwei``: gas normaliser (20).
     - ``predictor_blocks``: ``{name: array (T, ...)}`` aligned with the rows of ``scenario``.
     - ``flatten``: flat Box observation; ``episode_length``: steps per episode (1000);
-      ``render_mode``: ``"ansi"`` or None.
+      ``render_mode``: ``"ansi"`` or None; ``episode_oracle``: replay the oracle at episode end
+      (True; see Oracle).
 
     ## Version History
 
@@ -363,6 +385,7 @@ class ArbitrageEnv(gym.Env):
         flatten: bool = False,
         episode_length: int = 1000,
         render_mode: str | None = None,
+        episode_oracle: bool = True,
         **config: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -384,6 +407,8 @@ class ArbitrageEnv(gym.Env):
             1, self.scenario_rows, self.cfg.n_pools, self.source.predictor_shapes
         )
         self._state = core.init_state(self.cfg, 1)
+        self.episode_oracle = bool(episode_oracle)
+        self._state0 = self._state  # the state after reset, for the episode's oracle run
         self._vol0 = (scenario_params or ScenarioParams()).vol_per_block
         self._ready = False
         self._last_info: dict[str, Any] = {}
@@ -398,6 +423,7 @@ class ArbitrageEnv(gym.Env):
         scen, preds = self.source.draw(self.np_random)
         self._scen.load(0, scen, preds, self._vol0)
         core.reset_slots(self.cfg, self._state, self._scen, np.array([0]))
+        self._state0 = core.take_rows(self._state, np.array([0]))
         self._ready = True
         obs, opp = self._observe()
         info = self._info(None, opp)
@@ -509,14 +535,26 @@ class ArbitrageEnv(gym.Env):
         if self.cfg.action_mode == "discrete":
             info["action_mask"] = core.discrete_masks(self.cfg, opp)[0]
         if res is not None and bool(res.truncated[0]):
-            info["episode"] = episode_summary({k: v[0] for k, v in s.cum.items()})
+            oracle = float("nan")
+            if self.episode_oracle:
+                ep_len = self.episode_length
+                run = core.oracle_run_profit(self.cfg, self._state0, self._scen, ep_len)
+                oracle = float(run[0])
+            info["episode"] = episode_summary({k: v[0] for k, v in s.cum.items()}, oracle)
         return info
 
 
-def episode_summary(cum: dict[str, Any]) -> dict[str, float]:
-    """Episode figures from cumulative sums: profit, gas, reverts, share of oracle profit."""
-    oracle = float(cum["oracle_profit"])
+def episode_summary(cum: dict[str, Any], oracle_profit: float = float("nan")) -> dict[str, float]:
+    """Episode figures from cumulative sums: profit, gas, reverts, shares of oracle profit.
+
+    Args:
+        cum: the episode's cumulative sums (``ArbState.cum`` of one env).
+        oracle_profit: the oracle policy's profit on the same episode
+            (:func:`envs.arbitrage_core.oracle_run_profit`); NaN when it was not computed.
+    """
+    path_oracle = float(cum["oracle_profit"])
     profit = float(cum["profit"])
+    oracle = float(oracle_profit)
     return {
         "total_profit": profit,
         "gas_spent": float(cum["gas_spent"]),
@@ -527,6 +565,17 @@ def episode_summary(cum: dict[str, Any]) -> dict[str, float]:
         "outbid": float(cum["outbid"]),
         "rebalance_fees": float(cum["rebalance_fees"]),
         "oracle_profit": oracle,
-        "share_of_oracle": profit / oracle if oracle > 0 else 0.0,
+        "share_of_oracle": profit_share(profit, oracle),
+        "path_oracle_profit": path_oracle,
+        "share_of_path_oracle": profit_share(profit, path_oracle),
         "total_reward": float(cum["reward"]),
     }
+
+
+def profit_share(profit: float | np.ndarray, oracle: float | np.ndarray) -> Any:
+    """``profit / oracle`` where the oracle earned something, 0 where it earned nothing, NaN
+    where it was not computed (elementwise for arrays)."""
+    profit, oracle = np.asarray(profit, dtype=np.float64), np.asarray(oracle, dtype=np.float64)
+    out = np.where(oracle > 0, profit / np.where(oracle > 0, oracle, 1.0), 0.0)
+    out = np.where(np.isnan(oracle), np.nan, out)
+    return float(out) if out.ndim == 0 else out

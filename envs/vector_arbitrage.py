@@ -36,7 +36,8 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
     Args:
         num_envs: number of sub-envs ``N``.
         scenario, scenario_params, dataset, dataset_symbol, mode, predictor_blocks, flatten,
-            episode_length, **config: as for :class:`envs.arbitrage_env.ArbitrageEnv`.
+            episode_length, episode_oracle, **config: as for
+            :class:`envs.arbitrage_env.ArbitrageEnv`.
         render_mode: accepted for ``gymnasium.make_vec`` compatibility (no rendering).
     """
 
@@ -57,6 +58,7 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
         flatten: bool = False,
         episode_length: int = 1000,
         render_mode: str | None = None,
+        episode_oracle: bool = True,
         **config: Any,
     ) -> None:
         if int(num_envs) < 1:
@@ -81,6 +83,8 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
             self.num_envs, self.scenario_rows, self.cfg.n_pools, self.source.predictor_shapes
         )
         self._state = core.init_state(self.cfg, self.num_envs)
+        self.episode_oracle = bool(episode_oracle)
+        self._state0 = core.init_state(self.cfg, self.num_envs)  # states after reset
         self._vol0 = (scenario_params or ScenarioParams()).vol_per_block
         self._rngs: list[np.random.Generator] = [
             seeding.np_random(None)[0] for _ in range(self.num_envs)
@@ -93,6 +97,7 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
             scen, preds = self.source.draw(self._rngs[int(i)])
             self._scen.load(int(i), scen, preds, self._vol0)
         core.reset_slots(self.cfg, self._state, self._scen, idx)
+        core.put_rows(self._state0, self._state, idx)
 
     def reset(
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
@@ -130,9 +135,19 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
         # Sub-envs being reset are stepped on a throw-away copy of their rows: simplest is to
         # step everyone and then overwrite the resetting slots with a fresh episode.
         res = core.core_step(self.cfg, self._state, self._scen, size, tip, self.episode_length)
+        ended = np.flatnonzero(res.truncated & ~resetting)
+        oracle = np.full(n, np.nan)
+        if self.episode_oracle and ended.size:
+            # Every sub-env that ended replays the oracle over its episode, in one batch.
+            oracle[ended] = core.oracle_run_profit(
+                self.cfg,
+                core.take_rows(self._state0, ended),
+                core.take_rows(self._scen, ended),
+                self.episode_length,
+            )
         summaries = {
-            i: episode_summary({k: v[i] for k, v in self._state.cum.items()})
-            for i in np.flatnonzero(res.truncated & ~resetting)
+            i: episode_summary({k: v[i] for k, v in self._state.cum.items()}, oracle[i])
+            for i in ended
         }
         if resetting.any():
             self._reset_idx(np.flatnonzero(resetting))

@@ -15,6 +15,7 @@ from envs.arbitrage_baselines import ThresholdPolicy
 from envs.arbitrage_env import ArbitrageEnv
 from envs.data.defi import DefiScenario, generate_scenario
 from envs.errors import ConfigError, DataError
+from envs.vector_arbitrage import ArbitrageVectorEnv
 
 SHORT = {"episode_length": 60}
 
@@ -238,6 +239,7 @@ def test_episode_summary_and_share():
     assert ep["total_profit"] == pytest.approx(info["cum_profit"])
     if ep["oracle_profit"] > 0:
         assert ep["share_of_oracle"] == pytest.approx(ep["total_profit"] / ep["oracle_profit"])
+    assert ep["path_oracle_profit"] == pytest.approx(info["cum_oracle_profit"])
     with pytest.raises(gym.error.ResetNeeded):
         env.step(np.zeros(2, np.float32))
 
@@ -249,7 +251,29 @@ def test_oracle_policy_attains_oracle_profit_dex_dex():
         _, _, _, _trunc, info = env.step(env.oracle_action())
     ep = info["episode"]
     assert ep["oracle_profit"] > 0
-    assert ep["share_of_oracle"] == pytest.approx(1.0, abs=1e-3)
+    assert ep["share_of_oracle"] == pytest.approx(1.0, abs=1e-6)
+    assert ep["share_of_path_oracle"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_episode_oracle_off_and_vector_equals_single():
+    env = ArbitrageEnv(episode_length=60, episode_oracle=False)
+    env.reset(seed=3)
+    for _ in range(60):
+        _, _, _, _, info = env.step(np.zeros(2, np.float32))
+    assert np.isnan(info["episode"]["oracle_profit"])
+    assert np.isnan(info["episode"]["share_of_oracle"])
+    singles = []
+    for seed in (3, 4):
+        env = ArbitrageEnv(episode_length=60)
+        env.reset(seed=seed)
+        for _ in range(60):
+            _, _, _, _, info = env.step(np.zeros(2, np.float32))
+        singles.append(info["episode"]["oracle_profit"])
+    venv = ArbitrageVectorEnv(num_envs=2, episode_length=60)
+    venv.reset(seed=[3, 4])
+    for _ in range(60):
+        _, _, _, _, infos = venv.step(np.zeros((2, 2), np.float32))
+    np.testing.assert_array_equal(infos["episode"]["oracle_profit"], singles)
 
 
 def test_action_masks_block_unfunded_directions():

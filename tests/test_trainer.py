@@ -79,6 +79,9 @@ def test_each_agent_trains_on_arbitrage_env(agent: str, tmp_path: Path) -> None:
     metrics = train(cfg, tmp_path)
     _check_run_dir(tmp_path, metrics)
     assert {"oracle", "threshold"} <= set(metrics["test"])
+    # The oracle baseline is the policy the env replays for share_of_oracle: its share is 1.
+    assert metrics["test"]["oracle"]["share_of_oracle"] == pytest.approx(1.0, rel=1e-6)
+    assert {"eval/oracle_share", "eval/path_oracle_share"} <= _event_scalars(tmp_path)
 
 
 def test_resume_continues_the_step_count(tmp_path: Path) -> None:
