@@ -161,7 +161,11 @@ def _market_task(cfg: DictConfig) -> Task:
     blocks = market_predictor_blocks(specs, dataset, *shares) if specs else None
 
     def split_kwargs(split: str, base: dict[str, Any]) -> dict[str, Any]:
-        return base if blocks is None else dict(base, predictor_blocks=blocks.splits[split])
+        if blocks is None:
+            return base
+        return dict(
+            base, predictor_blocks=blocks.splits[split], predictor_columns=blocks.block_columns()
+        )
 
     train_env = gym.make(str(cfg.env.id), dataset=train, **split_kwargs("train", kwargs))
     scaler = train_env.unwrapped.scaler
@@ -256,6 +260,7 @@ def _arbitrage_task(cfg: DictConfig) -> Task:
             split: {
                 "scenario": scenario.window(*rows[split]),
                 "predictor_blocks": blocks.splits[split],
+                "predictor_columns": blocks.block_columns(),
             }
             for split in rows
         }

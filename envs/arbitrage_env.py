@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any, ClassVar, NamedTuple
 
@@ -18,7 +19,7 @@ from envs.data.defi import (
     reference_from_dataset,
 )
 from envs.errors import ConfigError, DataError
-from envs.observation import BlockSpec, ObservationBuilder
+from envs.observation import BlockSpec, ObservationBuilder, block_column_names, check_column_blocks
 
 __all__ = ["ArbitrageEnv", "ScenarioSource", "build_config", "make_observation_builder"]
 
@@ -64,9 +65,15 @@ OBS_BOUND = 1e6  # |observation element| cap, see make_observation_builder
 
 
 def make_observation_builder(
-    cfg: core.ArbConfig, predictor_shapes: dict[str, tuple[int, ...]], flatten: bool
+    cfg: core.ArbConfig,
+    predictor_shapes: dict[str, tuple[int, ...]],
+    flatten: bool,
+    predictor_columns: Mapping[str, Sequence[str]] | None = None,
 ) -> ObservationBuilder:
-    """The observation layout of ``Arbitrage-v0`` (shared by the single and the vector env)."""
+    """The observation layout of ``Arbitrage-v0`` (shared by the single and the vector env).
+
+    ``predictor_columns`` names each predictor block's columns (its last axis).
+    """
     k = cfg.n_pools
     pool_cols = ("gap_pct", "log_depth_ratio", "fee_pct")
     opp_cols = ("size_frac", "gross_per_gas", "gross_per_tip")
@@ -102,8 +109,10 @@ def make_observation_builder(
             ),
         ),
     ]
+    check_column_blocks(predictor_columns, list(predictor_shapes))
     for name, shape in predictor_shapes.items():
-        blocks.append(BlockSpec(name, shape))
+        names = block_column_names(predictor_columns, name, shape)
+        blocks.append(BlockSpec(name, shape, feature_names=names))
     # Finite bounds (Gymnasium's checker warns on infinite ones), far outside any value the
     # blocks take in practice; the builder clips, so observations always lie in the space.
     blocks = [
@@ -222,6 +231,7 @@ def build_setup(
     flatten: bool,
     episode_length: int,
     config: dict[str, Any],
+    predictor_columns: Mapping[str, Sequence[str]] | None = None,
 ) -> Setup:
     """Validate the shared constructor arguments of ``Arbitrage-v0`` and build its parts.
 
@@ -235,7 +245,7 @@ def build_setup(
     source = ScenarioSource(
         cfg, rows, scenario, scenario_params, dataset, dataset_symbol, predictor_blocks
     )
-    builder = make_observation_builder(cfg, source.predictor_shapes, flatten)
+    builder = make_observation_builder(cfg, source.predictor_shapes, flatten, predictor_columns)
     return Setup(cfg, int(episode_length), rows, source, builder)
 
 
@@ -362,7 +372,9 @@ class ArbitrageEnv(gym.Env):
     - ``reward_scale``: multiplies the reward only (``info`` keeps quote units), e.g. 0.01 to
       give learners rewards of order one (1.0).
     - ``gas_window``: length of ``gas_history`` (8); ``base_fee_ref_gwei``: gas normaliser (20).
-    - ``predictor_blocks``: ``{name: array (T, ...)}`` aligned with the rows of ``scenario``.
+    - ``predictor_blocks``: ``{name: array (T, ...)}`` aligned with the rows of ``scenario``;
+      ``predictor_columns``: ``{name: column names}`` along each block's last axis (used by
+      ``flat_feature_names``; default ``pred_gas[0]`` ...).
     - ``flatten``: flat Box observation; ``episode_length``: steps per episode (1000);
       ``render_mode``: ``"ansi"`` or None; ``episode_oracle``: replay the oracle at episode end
       (True; see Oracle).
@@ -386,13 +398,14 @@ class ArbitrageEnv(gym.Env):
         episode_length: int = 1000,
         render_mode: str | None = None,
         episode_oracle: bool = True,
+        predictor_columns: Mapping[str, Sequence[str]] | None = None,
         **config: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']}")
         setup = build_setup(
             scenario, scenario_params, dataset, dataset_symbol, mode, predictor_blocks,
-            flatten, episode_length, config,
+            flatten, episode_length, config, predictor_columns,
         )  # fmt: skip
         self.cfg, self.episode_length = setup.cfg, setup.episode_length
         self.scenario_rows, self.source, self.builder = (

@@ -30,7 +30,7 @@ from envs.market_core import (
 )
 from envs.market_fast import ScalarActions, ScalarCore, ScalarState
 from envs.metrics import episode_metrics
-from envs.observation import BlockSpec, ObservationBuilder
+from envs.observation import BlockSpec, ObservationBuilder, block_column_names, check_column_blocks
 from envs.rewards import Reward, RewardContext, make_reward
 
 __all__ = ["ACTION_MODES", "MarketSetup", "MarketTradingEnv", "build_market_setup"]
@@ -159,6 +159,7 @@ def build_market_setup(
     reward: str | Callable[[RewardContext], Any] | Reward = "log_return",
     reward_kwargs: Mapping[str, Any] | None = None,
     predictor_blocks: Mapping[str, np.ndarray] | None = None,
+    predictor_columns: Mapping[str, Sequence[str]] | None = None,
     scaler: Any = None,
     flatten: bool = False,
     max_drawdown: float | None = None,
@@ -234,6 +235,7 @@ def build_market_setup(
     clash = [name for name in blocks if name in _RESERVED_BLOCKS]
     if clash:
         raise ConfigError(f"predictor_blocks names {clash} are reserved; rename them")
+    check_column_blocks(predictor_columns, list(blocks))
     arrays = build_market_arrays(
         dataset,
         flat_features,
@@ -270,8 +272,15 @@ def build_market_setup(
         # Bounds are the block's own range over the bars episodes can observe: the arrays are
         # given whole, so every observation lies inside by construction.
         seen = arr[arrays.first_decision :]
+        shape = tuple(arr.shape[1:])
         specs.append(
-            BlockSpec(name, tuple(arr.shape[1:]), low=float(seen.min()), high=float(seen.max()))
+            BlockSpec(
+                name,
+                shape,
+                low=float(seen.min()),
+                high=float(seen.max()),
+                feature_names=block_column_names(predictor_columns, name, shape),
+            )
         )
     specs.append(
         BlockSpec(
@@ -408,6 +417,8 @@ class MarketTradingEnv(gym.Env):
     * ``obs_clip`` (10): scaled features are clipped to ``[-obs_clip, obs_clip]``.
     * ``reward`` ("log_return") and ``reward_kwargs``.
     * ``predictor_blocks``: ``{name: (T, ...) array}`` aligned with the dataset.
+    * ``predictor_columns``: ``{name: column names}`` along each predictor block's last axis
+      (e.g. ``pred_gas_mean_h1``), used by ``flat_feature_names``; default ``pred_gas[0]`` ...
     * ``scaler``: a fitted feature scaler with ``transform``; None fits a ``StandardScaler``
       on this env's data (exposed as ``env.scaler`` to pass to validation/test envs).
     * ``flatten`` (False), ``max_drawdown`` (None), ``render_mode`` (None, "ansi", "rgb_array").

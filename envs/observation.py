@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from envs.errors import DataError
+from envs.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,40 @@ class BlockSpec:
             rest = "".join(f",{i}" for i in idx[1:])
             out.extend(f"{self.name}[{prefix}{rest},{n}]" for n in names)
         return out
+
+
+def block_column_names(
+    columns: Mapping[str, Sequence[str]] | None, name: str, shape: tuple[int, ...]
+) -> tuple[str, ...]:
+    """Validated names along the last axis of block ``name`` (``()`` when none are given).
+
+    Args:
+        columns: ``{block name: column names}`` as the envs' ``predictor_columns`` argument.
+        name: the block.
+        shape: the block's per-row shape.
+
+    Raises:
+        ConfigError: the names do not match the block's last axis, or name an unknown block.
+    """
+    given = (columns or {}).get(name)
+    if given is None:
+        return ()
+    names = tuple(str(c) for c in given)
+    width = shape[-1] if shape else 1
+    if len(names) != width:
+        raise ConfigError(
+            f"predictor_columns[{name!r}]: {len(names)} names for a block of width {width}"
+        )
+    return names
+
+
+def check_column_blocks(columns: Mapping[str, Sequence[str]] | None, blocks: Sequence[str]) -> None:
+    """Raise ``ConfigError`` when ``columns`` names a block that is not in ``blocks``."""
+    unknown = sorted(set(columns or {}) - set(blocks))
+    if unknown:
+        raise ConfigError(
+            f"predictor_columns names unknown blocks {unknown}; blocks: {list(blocks)}"
+        )
 
 
 class ObservationBuilder:

@@ -9,6 +9,7 @@ reward 0.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -36,7 +37,7 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
     Args:
         num_envs: number of sub-envs ``N``.
         scenario, scenario_params, dataset, dataset_symbol, mode, predictor_blocks, flatten,
-            episode_length, episode_oracle, **config: as for
+            episode_length, episode_oracle, predictor_columns, **config: as for
             :class:`envs.arbitrage_env.ArbitrageEnv`.
         render_mode: accepted for ``gymnasium.make_vec`` compatibility (no rendering).
     """
@@ -59,6 +60,7 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
         episode_length: int = 1000,
         render_mode: str | None = None,
         episode_oracle: bool = True,
+        predictor_columns: Mapping[str, Sequence[str]] | None = None,
         **config: Any,
     ) -> None:
         if int(num_envs) < 1:
@@ -66,7 +68,7 @@ class ArbitrageVectorEnv(gym.vector.VectorEnv):
         self.num_envs = int(num_envs)
         setup = build_setup(
             scenario, scenario_params, dataset, dataset_symbol, mode, predictor_blocks,
-            flatten, episode_length, config,
+            flatten, episode_length, config, predictor_columns,
         )  # fmt: skip
         self.cfg, self.episode_length = setup.cfg, setup.episode_length
         self.scenario_rows, self.source, self.builder = (
