@@ -95,33 +95,68 @@ class Tracker:
         }
 
 
-def run_mbpo(
-    seed: int, cap: int, every: int, updates: int, train_freq: int, sac_lr: float
+def mbpo_bench_config(
+    seed: int,
+    updates: int = 20,
+    train_freq: int = 250,
+    sac_lr: float = 3e-4,
+    rollouts_per_step: int = 400,
+    learning_starts: int = 250,
 ) -> dict[str, Any]:
+    """MBPO settings of this benchmark, each from Janner et al. 2019 or mbrl-lib's configs.
+
+    * ``model_train_freq`` 250 (paper appendix C; mbrl-lib ``freq_train_model``);
+    * ``rollout_batch_size = rollouts_per_step * model_train_freq`` = 100,000 branched rollouts
+      per fit (paper: 100k; mbrl-lib ``effective_model_rollouts_per_step: 400``);
+    * rollout length 1 throughout (mbrl-lib's cartpole / inverted-pendulum
+      ``rollout_schedule: [1, 15, 1, 1]``);
+    * the model buffer keeps one fit's rollouts (``num_epochs_to_retain_sac_buffer: 1``);
+    * 5% real data in each SAC batch (paper), 20 SAC updates per real step (paper; mbrl-lib
+      cartpole ``num_sac_updates_per_step: 20``), SAC lr 3e-4 and batch 256 (both);
+    * 7 members, 5 elites, [200] x 4 hidden, model lr 1e-3, weight decay 5e-5, 20% holdout,
+      patience 5 (mbrl-lib ``num_elites``, ``model_lr``, ``model_wd``, ``validation_ratio``);
+    * the first fit after one model-train period of uniform random steps (``learning_starts``
+      250; the paper's 5,000 would spend the whole budget on random data).
+    """
+    return {
+        "sac": {"learning_rate": sac_lr, "batch_size": 256, "net_arch": [256, 256]},
+        "ensemble": {"ensemble_size": 7, "num_elites": 5, "hidden": [200, 200, 200, 200]},
+        "model_training": {
+            "learning_rate": 1e-3,
+            "weight_decay": 5e-5,
+            "batch_size": 256,
+            "holdout_ratio": 0.2,
+            "patience": 5,
+            "max_epochs": 200,
+        },
+        "learning_starts": learning_starts,
+        "model_train_freq": train_freq,
+        "rollout_batch_size": rollouts_per_step * train_freq,
+        "rollout_schedule": [0, 100, 1, 1],  # fixed 1-step rollouts
+        "model_retain_rollouts": 1,
+        "real_ratio": 0.05,
+        "updates_per_step": updates,
+        "seed": seed,
+        "device": "cpu",
+    }
+
+
+def run_mbpo(seed: int, cap: int, every: int, **settings: Any) -> dict[str, Any]:
     from agents.mbpo import MBPO, MBPOConfig
 
-    config = MBPOConfig.from_dict(
-        {
-            "sac": {"learning_rate": sac_lr, "batch_size": 256, "net_arch": [256, 256]},
-            "ensemble": {"ensemble_size": 7, "num_elites": 5, "hidden": [200, 200, 200]},
-            "model_training": {"max_epochs": 100},
-            "learning_starts": 400,
-            "model_train_freq": train_freq,
-            "rollout_batch_size": 2000,
-            "rollout_schedule": [0, 100, 1, 1],  # fixed 1-step rollouts
-            "model_retain_rollouts": 8,
-            "real_ratio": 0.05,
-            "updates_per_step": updates,
-            "seed": seed,
-            "device": "cpu",
-        }
-    )
+    values = mbpo_bench_config(seed, **settings)
+    config = MBPOConfig.from_dict(values)
     env = gym.make(ENV_ID)
     agent = MBPO(env.observation_space, env.action_space, config)
-    label = f"mbpo (ours, {updates} upd/step, fit/{train_freq}, lr {sac_lr:g})"
+    label = (
+        f"mbpo (ours, {values['updates_per_step']} upd/step, fit/{values['model_train_freq']}, "
+        f"lr {values['sac']['learning_rate']:g})"
+    )
     tracker = Tracker(label, lambda o: agent.act(o, True), every)
     agent.learn(env, cap, callback=tracker)
-    return tracker.result(cap)
+    result = tracker.result(cap)
+    result["seed"] = seed
+    return result
 
 
 def run_pets(seed: int, cap: int, every: int) -> dict[str, Any]:
@@ -214,7 +249,11 @@ def main() -> None:
     parser.add_argument("--cap-model-free", type=int, default=30_000)
     parser.add_argument("--mbpo-updates", type=int, default=20, help="SAC updates per env step")
     parser.add_argument("--mbpo-train-freq", type=int, default=250, help="steps between fits")
-    parser.add_argument("--mbpo-sac-lr", type=float, default=1e-3, help="MBPO's SAC step size")
+    parser.add_argument("--mbpo-sac-lr", type=float, default=3e-4, help="MBPO's SAC step size")
+    parser.add_argument(
+        "--mbpo-rollouts-per-step", type=int, default=400, help="model rollouts per real step"
+    )
+    parser.add_argument("--mbpo-learning-starts", type=int, default=250, help="random steps")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--out-json", type=Path, default=None)
     parser.add_argument("--combine", type=Path, nargs="*", default=None)
@@ -229,9 +268,11 @@ def main() -> None:
             args.seed,
             args.cap_model_based,
             args.eval_every,
-            args.mbpo_updates,
-            args.mbpo_train_freq,
-            args.mbpo_sac_lr,
+            updates=args.mbpo_updates,
+            train_freq=args.mbpo_train_freq,
+            sac_lr=args.mbpo_sac_lr,
+            rollouts_per_step=args.mbpo_rollouts_per_step,
+            learning_starts=args.mbpo_learning_starts,
         ),
         "pets": lambda: run_pets(args.seed, args.cap_model_based, args.eval_every),
         "sac": lambda: run_sac(args.seed, args.cap_model_free, args.eval_every),
