@@ -275,12 +275,14 @@ def _arbitrage_task(cfg: DictConfig) -> Task:
         train_env = gym.make(env_id, **dict(kwargs, episode_oracle=False))
         val_env = gym.make(env_id, **eval_kwargs)
         test_env = gym.make(env_id, **eval_kwargs)
-    # The oracle and the threshold rule act in the continuous mode; on the same seeds they see
-    # the same market paths as the agent's (possibly discrete) test env.
+    # The oracle and the threshold rule act in the continuous mode with sizes in units of
+    # max_trade_size; on the same seeds they see the same market paths as the agent's (possibly
+    # discrete, or optimum-relative) test env.
+    test_cfg = test_env.unwrapped.cfg
     baseline_env = (
         test_env
-        if test_env.unwrapped.cfg.action_mode == "continuous"
-        else gym.make(env_id, **dict(eval_kwargs, action_mode="continuous"))
+        if test_cfg.action_mode == "continuous" and test_cfg.continuous_size == "max"
+        else gym.make(env_id, **dict(eval_kwargs, action_mode="continuous", continuous_size="max"))
     )
 
     def baseline(name: str) -> Callable[[gym.Env], Policy]:

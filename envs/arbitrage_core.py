@@ -95,6 +95,7 @@ class ArbConfig:
     size_levels: tuple[float, ...] = (0.5, 1.0)
     bid_levels: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5)
     size_reference: str = "optimal"
+    continuous_size: str = "max"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -158,6 +159,10 @@ class ArbConfig:
         if self.size_reference not in ("optimal", "max"):
             raise ConfigError(
                 f"size_reference must be 'optimal' or 'max', got {self.size_reference!r}"
+            )
+        if self.continuous_size not in ("optimal", "max"):
+            raise ConfigError(
+                f"continuous_size must be 'optimal' or 'max', got {self.continuous_size!r}"
             )
 
     @property
@@ -489,11 +494,14 @@ def decode_actions(
 
     Continuous: ``a[:S]`` in [-1, 1] is the signed fraction of ``max_trade_size`` per slot
     (positive buys base on the DEX side: from pool ``s`` in CEX-DEX, from pool 0 in DEX-DEX),
-    ``|a| < dead_zone`` sends nothing; ``a[S]`` in [0, 1] is the tip as a fraction of
-    ``max_priority_fee_gwei``. Discrete: 0 is no-op; ``1 + (d * n_size + s) * n_bid + b`` trades
-    direction ``d`` at size level ``s`` (a fraction of the closed-form optimum at the observed
-    state, or of ``max_trade_size``) and bid level ``b``. Sizes are clipped to what the balances,
-    inventory limits and gas reserve (at the chosen tip) allow: never trade what is not held.
+    or with ``continuous_size="optimal"`` the signed fraction of the closed-form optimal size of
+    that direction at the observed state (zero when that direction is not profitable before
+    gas; capped at ``max_trade_size``); ``|a| < dead_zone`` sends nothing; ``a[S]`` in [0, 1]
+    is the tip as a fraction of ``max_priority_fee_gwei``. Discrete: 0 is no-op;
+    ``1 + (d * n_size + s) * n_bid + b`` trades direction ``d`` at size level ``s`` (a fraction
+    of the closed-form optimum at the observed state, or of ``max_trade_size``) and bid level
+    ``b``. Sizes are clipped to what the balances, inventory limits and gas reserve (at the
+    chosen tip) allow: never trade what is not held.
     """
     nn = state.t.shape[0]
     n = np.arange(nn)
@@ -506,7 +514,12 @@ def decode_actions(
         frac = np.clip(a[:, :slots], -1.0, 1.0)
         frac = np.where(np.abs(frac) < cfg.dead_zone, 0.0, frac)
         tip = np.clip(a[:, slots], 0.0, 1.0) * cfg.max_priority_fee_gwei
-        want = frac * cfg.max_trade_size
+        if cfg.continuous_size == "optimal":
+            free_size, _ = _unconstrained(cfg, state.x, state.y, bid, ask)
+            ref = np.where(frac > 0, free_size[:, 0::2], free_size[:, 1::2])
+            want = frac * np.minimum(ref, cfg.max_trade_size)
+        else:
+            want = frac * cfg.max_trade_size
     else:
         a = np.asarray(actions, dtype=np.int64).reshape(nn)
         ns, nb = len(cfg.size_levels), len(cfg.bid_levels)
@@ -772,7 +785,13 @@ def core_oracle_action(cfg: ArbConfig, state: ArbState, scen: ScenarioBatch) -> 
             )
             better = net > best
             best = np.where(better, net, best)
-            best_a = np.where(better, sign * size_d / cfg.max_trade_size, best_a)
+            # Express the size in the action's unit (decode_actions inverts this exactly).
+            if cfg.continuous_size == "optimal":
+                unit = np.minimum(free, cfg.max_trade_size)
+            else:
+                unit = np.full_like(free, cfg.max_trade_size)
+            frac = np.minimum(size_d / np.where(unit > 0, unit, 1.0), 1.0)
+            best_a = np.where(better, sign * frac, best_a)
         ok = (best > 0) & (tip < cfg.max_priority_fee_gwei)
         act[:, s] = np.where(ok, best_a, 0.0)
         tips = np.maximum(tips, np.where(ok, tip, 0.0))
@@ -1021,7 +1040,7 @@ def oracle_run_profit(
     (``path_oracle_profit``), it does not depend on the policy being evaluated and does not
     count a gap the policy left open once per block it stays open.
     """
-    ocfg = replace(cfg, action_mode="continuous")
+    ocfg = replace(cfg, action_mode="continuous", continuous_size="max")
     state = take_rows(state0, np.arange(state0.t.shape[0]))
     while np.any(state.t < episode_length):
         act = core_oracle_action(ocfg, state, scen)

@@ -270,7 +270,11 @@ class ArbitrageEnv(gym.Env):
     ``action_mode="continuous"``: ``Box(low=[-1]*S + [0], high=1)`` with ``S`` slots (one per
     pool in ``cex_dex``, one route in ``dex_dex``). ``a[s]`` is the signed size as a fraction of
     ``max_trade_size`` (base units): positive buys base from pool ``s`` and sells it on the CEX
-    (``dex_dex``: buys from pool 0 and sells into pool 1); negative is the mirror trade.
+    (``dex_dex``: buys from pool 0 and sells into pool 1); negative is the mirror trade. With
+    ``continuous_size="optimal"`` the fraction is of the closed-form optimal size of the chosen
+    direction at the observed state instead (capped at ``max_trade_size``; zero when that
+    direction is unprofitable before gas), so a policy decides whether, how much of the
+    optimum, and at which bid, rather than re-deriving the AMM maths.
     ``|a[s]| < dead_zone`` sends nothing (so a policy can abstain without paying gas). ``a[S]``
     in [0, 1] is the priority-fee bid as a fraction of ``max_priority_fee_gwei``.
     ``action_mode="discrete"``: ``Discrete(1 + 2*S*len(size_levels)*len(bid_levels))``: 0 is
@@ -353,7 +357,7 @@ class ArbitrageEnv(gym.Env):
     - ``cex_fee``: CEX taker fee (0.0005).
     - ``action_mode``, ``size_levels`` (0.5, 1.0), ``bid_levels`` (0, 0.1, 0.25, 0.5: competitor
       bids scale with the opportunity, so a ladder of bids matters), ``size_reference``
-      ("optimal"): see Action Space.
+      ("optimal", discrete), ``continuous_size`` ("max" or "optimal"): see Action Space.
     - ``max_trade_size``: largest trade in base units (20; the 99th percentile of optimal
       sizes in the default scenario is about 10); ``dead_zone``: 0.05.
     - ``max_priority_fee_gwei``: tip at bid 1.0 (300 gwei).

@@ -11,6 +11,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the ids)
+from envs import arbitrage_core as core
 from envs.arbitrage_baselines import ThresholdPolicy
 from envs.arbitrage_env import ArbitrageEnv
 from envs.data.defi import DefiScenario, generate_scenario
@@ -423,3 +424,29 @@ def test_several_pools_cex_dex_keep_balances_non_negative():
         _, _, _, _, info = env.step(a)
         assert np.all(info["inventory"] >= -1e-9), info["inventory"]
         assert info["profit"] <= info["oracle_profit"] + 1e-6
+
+
+def test_continuous_size_optimal_scales_the_closed_form_optimum():
+    env = ArbitrageEnv(episode_length=200, continuous_size="optimal")
+    env.reset(seed=5)
+    checked = 0
+    for _ in range(200):
+        opp = env.unwrapped._opportunities()
+        state, scen = env.state, env.scenario_batch
+        row = int(state.row0[0] + state.t[0])
+        bid, ask = core._cex_prices(env.cfg, scen.ref_price[:, row], scen.spread[:, row])
+        free, _ = core._unconstrained(env.cfg, state.x, state.y, bid, ask)
+        for a0, d in ((1.0, 0), (-1.0, 1), (0.5, 0)):
+            size, _ = core.decode_actions(env.cfg, np.array([[a0, 0.0]]), state, scen)
+            want = abs(a0) * min(free[0, d], env.cfg.max_trade_size)
+            cap = opp["cap"][0, d]
+            floor = env.cfg.dead_zone * env.cfg.max_trade_size
+            expected = min(want, cap) if min(want, cap) >= floor else 0.0
+            assert abs(size[0, 0]) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+            if expected > 0:
+                assert np.sign(size[0, 0]) == np.sign(a0)
+                checked += 1
+        env.step(np.zeros(2, np.float32))
+    assert checked > 0
+    with pytest.raises(ConfigError, match="continuous_size"):
+        ArbitrageEnv(continuous_size="half")
