@@ -44,6 +44,7 @@ from predictors.metadata import (
     write_metadata,
 )
 from predictors.nets import RecurrentGaussianNet, gaussian_nll
+from predictors.online_optim import FlatAdam
 from predictors.replay import ReplayBuffer
 from predictors.scaling import StandardScaler
 from predictors.windows import (
@@ -103,6 +104,11 @@ class ForecasterConfig:
     """Samples kept for experience replay (seeded with the most recent training samples)."""
     replay_batch: int = 32
     """Replay samples mixed into every online step."""
+    online_bptt: int = 8
+    """Bars an online step back-propagates through (truncated BPTT over the most recent
+    ``online_bptt`` bars of each window; 0 or >= window: the whole window). The forward still
+    reads the whole window, so predictions and scores are unchanged; only the gradient of the
+    recurrent weights is truncated. Recurrent networks only; ``fit`` uses the whole window."""
     online_batch: int = 64
     """At most this many of the newest samples enter one online step."""
     monitor_decay: float = 0.02
@@ -140,6 +146,9 @@ class GaussianForecaster(Predictor):
         self.feature_scaler = StandardScaler()
         self.target_scaler = StandardScaler()
         self.metrics: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        """Per-epoch ``epoch, train_loss, val_loss, val_coverage_90`` of the last ``fit`` (not
+        persisted; ``scripts/train_predictor.py`` writes it to TensorBoard)."""
         self._reset_online()
 
     # --- config -----------------------------------------------------------------------------
@@ -168,6 +177,7 @@ class GaussianForecaster(Predictor):
             ("grad_clip", c.grad_clip > 0, "> 0"),
             ("replay_capacity", c.replay_capacity >= 1, ">= 1"),
             ("replay_batch", c.replay_batch >= 0, ">= 0"),
+            ("online_bptt", isinstance(c.online_bptt, int) and c.online_bptt >= 0, "an int >= 0"),
             ("online_batch", c.online_batch >= 1, ">= 1"),
             ("monitor_decay", 0.0 < c.monitor_decay <= 1.0, "in (0, 1]"),
             ("inference_batch", c.inference_batch >= 1, ">= 1"),
@@ -381,6 +391,7 @@ class GaussianForecaster(Predictor):
             )
             best_loss, best_state, best_epoch, epochs, bad = math.inf, None, 0, 0, 0
             train_loss = math.nan
+            self.history = []
             for epoch in range(c.max_epochs):
                 self.net.train()
                 order = rng.permutation(len(i_train))
@@ -393,7 +404,15 @@ class GaussianForecaster(Predictor):
                     losses.append(loss)
                 train_loss = float(np.mean(losses))
                 epochs = epoch + 1
-                val_loss = self._eval_loss(x_val[i_val], y_val, w_val, out_w_t)
+                val_loss, val_coverage = self._eval_loss(x_val[i_val], y_val, w_val, out_w_t)
+                self.history.append(
+                    {
+                        "epoch": float(epochs),
+                        "train_loss": train_loss,
+                        "val_loss": val_loss,
+                        "val_coverage_90": val_coverage,
+                    }
+                )
                 if val_loss < best_loss - 1e-6:
                     best_loss, best_epoch, bad = val_loss, epochs, 0
                     best_state = copy.deepcopy(self.net.state_dict())
@@ -454,28 +473,17 @@ class GaussianForecaster(Predictor):
         y: np.ndarray,
         w: np.ndarray,
         out_w: torch.Tensor | None,
-        head_only: bool = False,
     ) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """One gradient step; returns the loss and the pre-step (detached) mean and variance.
-
-        With ``head_only`` the encoder runs without autograd and only the head learns.
-        """
+        """One ``fit`` minibatch step; returns the loss and the pre-step (detached) mean, var."""
         assert self.net is not None
         xt = torch.as_tensor(x, device=self.device)
         yt = torch.as_tensor(y, device=self.device)
         wt = torch.as_tensor(w, device=self.device)
-        if head_only:
-            with torch.no_grad():
-                z = self.net.encode(xt)
-            mean, var = self.net.decode(z)
-            params = self.net.head.parameters()
-        else:
-            mean, var = self.net(xt)
-            params = self.net.parameters()
+        mean, var = self.net(xt)
         loss = gaussian_nll(mean, var, yt, wt, out_w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip, foreach=True)
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip, foreach=True)
         opt.step()
         return float(loss.detach()), mean.detach(), var.detach()
 
@@ -486,9 +494,13 @@ class GaussianForecaster(Predictor):
         if self.config.dropout > 0:
             self.net.train(training)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _forward_batched(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scaled mean and variance for scaled windows ``x`` (eval mode, no grad, in batches)."""
+        """Scaled mean and variance for scaled windows ``x`` (eval mode, inference mode, batched).
+
+        ``torch.inference_mode`` skips autograd's version counters and views tracking as well as
+        the graph; its outputs only ever leave as NumPy arrays.
+        """
         assert self.net is not None
         self.net.eval()
         means, variances = [], []
@@ -509,10 +521,12 @@ class GaussianForecaster(Predictor):
 
     def _eval_loss(
         self, x: np.ndarray, y: np.ndarray, w: np.ndarray, out_w: torch.Tensor | None
-    ) -> float:
+    ) -> tuple[float, float]:
+        """Validation NLL and 90% interval coverage (the coverage comes free with the forward)."""
         mean, var = self._forward_batched(x)
+        coverage = float(np.mean((y - mean) ** 2 <= (Z_90**2) * var))
         with torch.no_grad():
-            return float(
+            loss = float(
                 gaussian_nll(
                     torch.as_tensor(mean),
                     torch.as_tensor(var),
@@ -521,17 +535,20 @@ class GaussianForecaster(Predictor):
                     None if out_w is None else out_w.cpu(),
                 )
             )
+        return loss, coverage
 
     # --- online learning ------------------------------------------------------------------------
     def _reset_online(self) -> None:
         c = self.config
-        self._online_opt: torch.optim.Optimizer | None = None
+        self._online_opt: FlatAdam | None = None
         self._online_rng = np.random.default_rng(c.seed + 1)
         self._stats = PredictorStats(fit_metrics=dict(getattr(self, "metrics", {})))
         self._covered = 0
         self._scored = 0
         n_feat = max(len(getattr(self, "feature_names", [])), 1)
-        self.replay = ReplayBuffer(c.replay_capacity, c.window, n_feat, max(self.n_outputs, 1))
+        self.replay = ReplayBuffer(
+            c.replay_capacity, c.window, n_feat, max(self.n_outputs, 1), self.device
+        )
 
     def update(self, batch: SampleBatch) -> float:
         """One online step: score the new samples, store them, learn from them plus replay.
@@ -563,25 +580,22 @@ class GaussianForecaster(Predictor):
             self._score(m_old, v_old, y[: -c.online_batch])
         # Learn from the newest samples plus a replay draw of older ones. The replay draw comes
         # first from the buffer as it was, then the new samples join the buffer.
-        x_new, y_new, w_new = x[-c.online_batch :], y[-c.online_batch :], w[-c.online_batch :]
-        n_new = len(x_new)
+        n_new = min(len(x), c.online_batch)
+        dev = self.device
+        xb = torch.as_tensor(x[-n_new:], device=dev)
+        yb = torch.as_tensor(y[-n_new:], device=dev)
+        wb = torch.as_tensor(w[-n_new:], device=dev)
         if c.replay_batch > 0 and len(self.replay) > 0:
-            xr, yr, wr = self.replay.sample(c.replay_batch, self._online_rng)
-            x_new = np.concatenate([x_new, xr])
-            y_new = np.concatenate([y_new, yr])
-            w_new = np.concatenate([w_new, wr])
+            idx = self.replay.sample_indices(c.replay_batch, self._online_rng)
+            # Gathered (copied) before the push below can overwrite the drawn slots.
+            xb = torch.cat([xb, self.replay.windows[idx]])
+            yb = torch.cat([yb, self.replay.targets[idx]])
+            wb = torch.cat([wb, self.replay.weights[idx]])
         self.replay.push(x, y, w)
         if self._online_opt is None:
             self._online_opt = self._make_online_optimizer()
         self._set_training(True)
-        loss, mean, var = self._step(
-            self._online_opt,
-            x_new,
-            y_new,
-            w_new,
-            self._out_w_tensor(),
-            head_only=c.online_scope == "head",
-        )
+        loss, mean, var = self._online_step(xb, yb, wb)
         self._set_training(False)
         # Score the new samples with the forward pass of this step, i.e. with the weights as
         # they were before learning from them (with dropout > 0 that pass is stochastic).
@@ -589,7 +603,34 @@ class GaussianForecaster(Predictor):
         self._stats.updates += 1
         return loss
 
-    def _make_online_optimizer(self) -> torch.optim.Optimizer:
+    def _online_step(
+        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+    ) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """One online gradient step on scaled tensors; the loss and pre-step mean and variance.
+
+        Costs, per issue 6's profile of the former step at one thread (5 ms): the encoder forward
+        and backward over the whole window were two thirds, ``torch.optim.Adam`` plus
+        ``clip_grad_norm_`` a fifth. Here the encoder back-propagates through the last
+        ``online_bptt`` bars only (``online_scope="head"``: not at all) and ``FlatAdam`` clips
+        and steps all parameters as one vector.
+        """
+        assert self.net is not None and self._online_opt is not None
+        c = self.config
+        if c.online_scope == "head":
+            with torch.no_grad():
+                z = self.net.encode(x)
+            mean, var = self.net.decode(z)
+        elif isinstance(self.net, RecurrentGaussianNet):
+            mean, var = self.net.decode(self.net.encode(x, grad_steps=c.online_bptt))
+        else:
+            mean, var = self.net(x)
+        loss = gaussian_nll(mean, var, y, w, self._out_w_tensor())
+        self._online_opt.zero_grad()
+        loss.backward()
+        self._online_opt.step()
+        return float(loss.detach()), mean.detach(), var.detach()
+
+    def _make_online_optimizer(self) -> FlatAdam:
         assert self.net is not None
         if self.config.online_scope == "head" and not all(
             hasattr(self.net, attr) for attr in ("encode", "decode", "head")
@@ -599,7 +640,9 @@ class GaussianForecaster(Predictor):
                 f"decode and head; {type(self.net).__name__} has not"
             )
         params = self.net.head if self.config.online_scope == "head" else self.net
-        return torch.optim.Adam(params.parameters(), lr=self.config.online_lr, foreach=True)
+        return FlatAdam(
+            params.parameters(), lr=self.config.online_lr, max_grad_norm=self.config.grad_clip
+        )
 
     def _out_w_tensor(self) -> torch.Tensor | None:
         if not hasattr(self, "_out_w_cache"):

@@ -56,12 +56,42 @@ class RecurrentGaussianNet(nn.Module):
         """Return ``(mean, var)``, each ``(B, n_outputs)``, for windows ``x`` of ``(B, W, F)``."""
         return self.decode(self.encode(x))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The head's input: last hidden state (plus the last bar's features with input_skip)."""
-        h = self.input_proj(x)
-        for rnn in self.layers:
-            out, _ = rnn(h)
-            h = h + self.dropout(out)
+    def encode(self, x: torch.Tensor, grad_steps: int = 0) -> torch.Tensor:
+        """The head's input: last hidden state (plus the last bar's features with input_skip).
+
+        Args:
+            x: ``(B, W, F)`` windows.
+            grad_steps: truncated back-propagation through time (Williams & Peng 1990): when
+                ``0 < grad_steps < W`` the first ``W - grad_steps`` bars run without autograd and
+                only the last ``grad_steps`` carry gradients. Each layer restarts from the state
+                it reached at the cut, so the output equals the full forward's; only the
+                gradient is truncated (and backward is about ``grad_steps / W`` as costly).
+        """
+        steps = x.shape[1]
+        if 0 < grad_steps < steps and torch.is_grad_enabled():
+            cut = steps - grad_steps
+            # Inference mode is cheaper than no_grad for the recurrent kernels on CPU; its
+            # tensors may not enter autograd, so the carried states are cloned out of it.
+            with torch.inference_mode():
+                h = self.input_proj(x[:, :cut])
+                states = []
+                for rnn in self.layers:
+                    out, state = rnn(h)
+                    states.append(state)
+                    h = h + self.dropout(out)
+            h = self.input_proj(x[:, cut:])
+            for rnn, state in zip(self.layers, states, strict=True):
+                # LSTM states are (h, c) pairs, GRU states one tensor.
+                carried = (
+                    tuple(s.clone() for s in state) if isinstance(state, tuple) else state.clone()
+                )
+                out, _ = rnn(h, carried)
+                h = h + self.dropout(out)
+        else:
+            h = self.input_proj(x)
+            for rnn in self.layers:
+                out, _ = rnn(h)
+                h = h + self.dropout(out)
         last = h[:, -1]
         if self.input_skip:
             last = torch.cat([last, x[:, -1]], dim=-1)

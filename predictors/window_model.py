@@ -124,6 +124,8 @@ class WindowModelPredictor(Predictor):
         self.target_names: list[str] = []
         self.feature_scaler = StandardScaler()
         self.metrics: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        """Per-epoch ``epoch, train_loss, val_loss`` of the last ``fit`` (not persisted)."""
         # Epoch index while ``fit`` trains (None otherwise), for schedules such as KL annealing.
         self._fit_epoch: int | None = None
         # JSON-ready values fitted on the training data besides the scaler (thresholds, classes).
@@ -326,6 +328,7 @@ class WindowModelPredictor(Predictor):
             opt = torch.optim.Adam(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
             best_loss, best_state, best_epoch, epochs, bad = math.inf, None, 0, 0, 0
             train_loss = math.nan
+            self.history = []
             for epoch in range(c.max_epochs):
                 self._fit_epoch = epoch
                 self.net.train()
@@ -337,6 +340,9 @@ class WindowModelPredictor(Predictor):
                 train_loss = float(np.mean(losses))
                 epochs = epoch + 1
                 val_loss = float(np.mean(self._eval_losses(x_val[i_val], y_val)))
+                self.history.append(
+                    {"epoch": float(epochs), "train_loss": train_loss, "val_loss": val_loss}
+                )
                 if val_loss < best_loss - 1e-6:
                     best_loss, best_epoch, bad = val_loss, epochs, 0
                     best_state = copy.deepcopy(self.net.state_dict())
@@ -451,7 +457,8 @@ class WindowModelPredictor(Predictor):
         x_new, y_new = x[-c.online_batch :], targets[-c.online_batch :]
         if c.replay_batch > 0 and len(self.replay) > 0:
             xr, yr, _ = self.replay.sample(c.replay_batch, self._online_rng)
-            x_new, y_new = np.concatenate([x_new, xr]), np.concatenate([y_new, yr])
+            x_new = np.concatenate([x_new, xr.cpu().numpy()])
+            y_new = np.concatenate([y_new, yr.cpu().numpy()])
         self.replay.push(x, targets, np.ones(len(x), dtype=np.float32))
         if self._online_opt is None:
             self._online_opt = self._make_online_optimizer()

@@ -3,9 +3,13 @@
 Fits the predictor on the training split with early stopping on the validation split, evaluates
 it on the test split (against persistence and training-mean baselines for forecasters: MAE, RMSE,
 Gaussian NLL, 90% coverage; plus an online walk-forward over the test rows, each sample scored
-before it is learnt from), writes TensorBoard scalars and saves into the run directory
-(``runs/predictors/<name>/<timestamp>/``): the predictor itself (``metadata.json`` + weights,
-loadable with ``predictors.load_predictor(run_dir)``) and ``metrics.json``.
+before it is learnt from), writes TensorBoard scalars into ``tb/`` of the run directory and
+saves into it (``runs/predictors/<name>/<timestamp>/``): the predictor itself (``metadata.json``
++ weights, loadable with ``predictors.load_predictor(run_dir)``) and ``metrics.json``.
+
+TensorBoard: per-epoch training curves ``epoch/train_loss``, ``epoch/val_loss`` (and
+``epoch/val_coverage_90`` for Gaussian forecasters), one point per epoch at step = epoch; the
+final ``fit/*`` and ``test/*`` figures at step 0; ``online/*`` along the test walk by row.
 
 Data: market-data predictors (inputs ``market_*``) read the ``data`` group's dataset, split
 chronologically by ``data.train`` / ``data.val``; gas and liquidity read one seeded DeFi scenario
@@ -114,6 +118,13 @@ def train_predictor(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         for key, value in fit_metrics.items():
             if math.isfinite(float(value)):
                 writer.add_scalar(f"fit/{key}", float(value), 0)
+        # Training curves: one point per epoch (train/val loss, val 90% coverage for Gaussian
+        # forecasters), logged after the fit from the predictor's history.
+        history = [dict(h) for h in getattr(predictor, "history", [])]
+        for entry in history:
+            for key, value in entry.items():
+                if key != "epoch" and math.isfinite(float(value)):
+                    writer.add_scalar(f"epoch/{key}", float(value), int(entry["epoch"]))
 
         metrics: dict[str, Any] = {
             "name": spec.name,
@@ -123,6 +134,7 @@ def train_predictor(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             "split_rows": {k: list(v) for k, v in rows.items()},
             "fit_rows": [a, b],
             "fit": fit_metrics,
+            "fit_history": history,
             "feature_names": list(series.feature_names),
             "target_names": list(series.target_names),
             "columns": list(predictor.block_columns()),

@@ -118,7 +118,21 @@ def test_train_predictor_cli_gas_writes_loadable_predictor_and_metrics(tmp_path:
         assert set(by_model) == {"model", "persistence", "mean"}
         assert 0.0 <= by_model["model"]["coverage_90"] <= 1.0
     assert metrics["test_online"]["online_updates"] > 0
-    assert list((run / "tb").glob("events.out.tfevents.*"))
+    # Training curves: the event file parses and holds one point per epoch, at steps 1..epochs.
+    events = list((run / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    epochs = int(metrics["fit"]["epochs"])
+    assert epochs >= 1 and len(metrics["fit_history"]) == epochs
+    for tag in ("epoch/train_loss", "epoch/val_loss", "epoch/val_coverage_90"):
+        points = acc.Scalars(tag)
+        assert [p.step for p in points] == list(range(1, epochs + 1)), tag
+    val = [p.value for p in acc.Scalars("epoch/val_loss")]
+    assert min(val) == pytest.approx(metrics["fit"]["val_loss"], rel=1e-5)  # best epoch kept
+    assert all(0.0 <= p.value <= 1.0 for p in acc.Scalars("epoch/val_coverage_90"))
     model = load_predictor(run, device="cpu")
     assert model.kind == "gas" and model.fitted
     assert model.block_columns() == metrics["columns"]
