@@ -509,6 +509,52 @@ def arbitrage_snapshot(
     }
 
 
+def priming_snapshot(
+    scenario: Any,
+    row: int,
+    reserves: np.ndarray | None = None,
+    volumes: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Row ``row`` of a ``DefiScenario`` as an older snapshot for ``feed_predictors``.
+
+    The exogenous fields are the scenario's; pool reserves are the given ones or, when None, a
+    pool of 1,000 base priced at the reference (gas predictors read only the base fee; a
+    liquidity predictor needs the real ``reserves`` and ``volumes`` of the row).
+    """
+    p = float(scenario.ref_price[row])
+    k = int(scenario.noise_flow.shape[1])
+    res = np.array([[1_000.0, 1_000.0 * p]] * k) if reserves is None else np.asarray(reserves)
+    snap: dict[str, Any] = {
+        "timestamp": int(row) * BLOCK_NS,
+        "block": int(row),
+        "ref_price": p,
+        "spread": float(scenario.spread[row]),
+        "base_fee": float(scenario.base_fee[row]),
+        "utilization": float(scenario.utilization[row - 1]) if row > 0 else 0.5,
+        "native_price": float(scenario.native_price[row]),
+        "reserves": res.tolist(),
+    }
+    if volumes is not None:
+        snap["volumes"] = np.asarray(volumes, dtype=float).tolist()
+    return snap
+
+
+def episode_start_row(scenario: Any, lo: int, episode: Any) -> int:
+    """Offset, from row ``lo`` of ``scenario``, of the window a loaded episode was drawn from
+    (``ScenarioSource.draw`` picks it from the env's RNG; matched here on the reference price).
+
+    Raises:
+        DataError: the episode is not a window of ``scenario[lo:]``.
+    """
+    ref = np.asarray(episode.ref_price[0])
+    full = np.asarray(scenario.ref_price[lo:])
+    for start in np.flatnonzero(full == ref[0]):
+        s = int(start)
+        if s + ref.size <= full.size and np.array_equal(full[s : s + ref.size], ref):
+            return s
+    raise DataError("episode_start_row: the episode is not a window of the scenario")
+
+
 @dataclass
 class ArbitrageBacktestResult:
     """What an arbitrage replay produced.

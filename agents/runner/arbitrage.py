@@ -25,7 +25,15 @@ Snapshot fields (a mapping, an object with attributes, or keywords):
   pays gas on ETH/USDC);
 * ``reserves``: one ``(base, quote)`` pair per pool, as on chain after the last block;
 * optional last-block competitor activity: ``competitor_present`` (0/1),
-  ``competitor_tip`` (highest competing priority fee, gwei), ``competitor_took`` (0/1).
+  ``competitor_tip`` (highest competing priority fee, gwei), ``competitor_took`` (0/1);
+* ``volumes``: quote traded on each pool during the last block (only runs with a liquidity
+  predictor read it).
+
+Runs with predictor blocks (``predictor=[gas]``): the predictors saved with the run compute
+their rows from the snapshots with the training walk's protocol (``agents.runner.arb_predictors``);
+the runner holds ("warming up predictors") until every block is valid, unless older blocks were
+fed with :meth:`ArbitrageRunner.feed_predictors`. Their online updates run in
+:meth:`ArbitrageRunner.maintain`, to be called between snapshots.
 """
 
 from __future__ import annotations
@@ -127,6 +135,8 @@ class ArbitrageRunner:
             and ``min_expected_profit``; the others do not apply to arbitrage.
         guards: snapshot checks.
         block_seconds: spacing of blocks for journals (12 s on Ethereum).
+        predictors: ``block name -> OnlineDefiPredictor`` in the env's block order (a run's
+            ``predictor=[gas, ...]``; see ``agents.runner.arb_predictors``).
     """
 
     kind = "arbitrage"
@@ -141,6 +151,7 @@ class ArbitrageRunner:
         limits: RiskLimits | None = None,
         guards: SnapshotGuards | None = None,
         block_seconds: float = 12.0,
+        predictors: Mapping[str, Any] | None = None,
     ) -> None:
         from envs.arbitrage_env import make_observation_builder
         from envs.data.defi import ScenarioParams
@@ -152,7 +163,14 @@ class ArbitrageRunner:
         self.limits = limits or RiskLimits()
         self.guards = guards or SnapshotGuards()
         self.block_seconds = float(block_seconds)
-        self.builder = make_observation_builder(cfg, {}, self.flatten)
+        self.predictors = dict(predictors or {})
+        self._pred_shapes = {k: (p.n_columns,) for k, p in self.predictors.items()}
+        self.builder = make_observation_builder(
+            cfg,
+            self._pred_shapes,
+            self.flatten,
+            {k: list(p.columns) for k, p in self.predictors.items()} or None,
+        )
         self.venues = (
             ("cex", *(f"pool{k}" for k in range(cfg.n_pools)))
             if cfg.mode == "cex_dex"
@@ -173,23 +191,28 @@ class ArbitrageRunner:
     ) -> ArbitrageRunner:
         """Rebuild a runner from an arbitrage training run directory alone.
 
+        Predictor blocks (``predictor=[gas, ...]``) are rebuilt from ``<run>/predictors/`` and
+        computed online from the snapshots (``agents.runner.arb_predictors``).
+
         Raises:
-            ConfigError: missing files, a malformed config, a run with predictor blocks (not
-                computed online yet), a policy whose observation width does not match.
+            ConfigError: missing files, a malformed config, a policy whose observation width
+                does not match.
+            DataError: a listed predictor whose saved files are missing.
             CheckpointError: a policy file that is corrupt or would execute code when loaded.
         """
         from agents.registry import load_agent
+        from agents.runner.arb_predictors import load_arbitrage_predictors
         from agents.runner.policy import PolicyAdapter
         from agents.runner.run_dir import load_run_files
 
         run = load_run_files(run_dir, policy)
         if run.env_kind != "arbitrage":
             raise ConfigError(f"{run.run_dir}: env.kind={run.env_kind!r}, not an arbitrage run")
-        if run.config.get("predictors"):
-            raise ConfigError(
-                f"{run.run_dir}: arbitrage runs with predictor blocks are not supported by the "
-                "runner yet (their rows come from a fixed scenario, not from live snapshots)"
-            )
+        predictors = (
+            load_arbitrage_predictors(run.run_dir, run.config, device=device)
+            if run.config.get("predictors")
+            else {}
+        )
         cfg, kwargs = arbitrage_config(run.config)
         if isinstance(limits, Mapping) or limits is None:
             limits = RiskLimits.from_dict(limits)
@@ -202,6 +225,7 @@ class ArbitrageRunner:
             flatten=bool(kwargs.get("flatten", False)),
             limits=limits,
             guards=guards,
+            predictors=predictors,
         )
         obs_dim = int(agent.flattener.dim) if hasattr(agent, "flattener") else None
         if obs_dim is not None and runner.builder.flat_dim != obs_dim:
@@ -216,11 +240,20 @@ class ArbitrageRunner:
         return runner
 
     # --- state ---------------------------------------------------------------------------------
-    def reset(self, balances: Sequence[float] | None = None) -> None:
-        """Forget the history; start from ``balances`` (default: the config's initial ones)."""
+    def reset(self, balances: Sequence[float] | None = None, predictors: bool = True) -> None:
+        """Forget the history; start from ``balances`` (default: the config's initial ones).
+
+        Args:
+            balances: ``(cex_base, cex_quote, dex_base, dex_quote)``.
+            predictors: also reset the predictors to their saved state (False: keep their
+                history and online learning, e.g. after feeding them older blocks).
+        """
         cfg = self.cfg
         rows = cfg.gas_window + 1
-        self._scen = core.ScenarioBatch.empty(1, rows, cfg.n_pools, {})
+        if predictors:
+            for source in self.predictors.values():
+                source.reset()
+        self._scen = core.ScenarioBatch.empty(1, rows, cfg.n_pools, self._pred_shapes)
         self._state = core.init_state(cfg, 1)
         self._state.row0[:] = rows - 1
         bal = np.asarray(cfg.initial_balances if balances is None else balances, dtype=np.float64)
@@ -243,6 +276,26 @@ class ArbitrageRunner:
     def inventory(self) -> np.ndarray:
         """``(cex_base, cex_quote, dex_base, dex_quote)`` as tracked from fills and syncs."""
         return self._state.bal[0].copy()
+
+    def maintain(self) -> int:
+        """Run the predictors' pending online updates; call it between snapshots (after the
+        signal went out) to keep them off ``on_snapshot``'s latency. Returns updates run."""
+        return sum(int(source.maintain()) for source in self.predictors.values())
+
+    def feed_predictors(self, snapshot: Any = None, **values: Any) -> str | None:
+        """Feed one older block to the predictors only (history before the bot starts, e.g.
+        to skip their warm-up); returns None, or the reason the snapshot was not used."""
+        parsed = self._parse(values if snapshot is None else snapshot)
+        if isinstance(parsed, str):
+            return parsed
+        for source in self.predictors.values():
+            source.push(source.raw_inputs(parsed))
+        return None
+
+    @property
+    def predictor_warmup(self) -> int:
+        """Snapshots before every predictor block is valid (0 without predictors)."""
+        return max((max(0, p.warmup - p.rows_seen) for p in self.predictors.values()), default=0)
 
     @property
     def snapshots_seen(self) -> int:
@@ -322,6 +375,11 @@ class ArbitrageRunner:
                 return self._hold(
                     ts, f"warming up: {self._seen}/{self.first_decision_snapshot + 1} snapshots"
                 )
+            waiting = self.predictor_warmup
+            if waiting > 0:
+                # Blocks before a predictor's first prediction hold fill values the policy
+                # never saw on held-out rows; feed_predictors() with older blocks skips this.
+                return self._hold(ts, f"warming up predictors: {waiting} more snapshots")
             return self._decide(ts)
         except Exception as exc:  # the bot loop must never see an exception from here
             last = traceback.extract_tb(exc.__traceback__)[-1]
@@ -383,6 +441,17 @@ class ArbitrageRunner:
         if not np.all(np.isfinite(res)) or np.any(res <= 0):
             return f"bad snapshot: pool reserves must be finite and > 0, got {res.tolist()}"
         out["reserves"] = res
+        if any(p.needs_volume() for p in self.predictors.values()):
+            vols = get("volumes", None)
+            try:
+                vol = np.asarray(vols, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                return f"bad snapshot: field 'volumes' is not {k} numbers ({vols!r})"
+            if vols is None or vol.shape != (k,):
+                return f"bad snapshot: field 'volumes' must be {k} numbers per pool ({vols!r})"
+            if not np.all(np.isfinite(vol)) or np.any(vol < 0):
+                return f"bad snapshot: pool volumes must be finite and >= 0, got {vol.tolist()}"
+            out["volumes"] = vol
         return out
 
     def _order_checks(self, snap: dict[str, Any]) -> str | None:
@@ -432,6 +501,8 @@ class ArbitrageRunner:
         self._var = 0.97 * self._var + 0.03 * ret * ret
         sc.ref_ret[0, -1] = ret
         sc.ewma_vol[0, -1] = np.sqrt(np.array([self._var]))[0]
+        for name, source in self.predictors.items():
+            sc.predictors[name][0, -1] = source.push(source.raw_inputs(snap))
         st = self._state
         st.x[0] = snap["reserves"][:, 0]
         st.y[0] = snap["reserves"][:, 1]
