@@ -604,6 +604,25 @@ def _arb_totals(episodes: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def _predictor_history(runner: Any) -> dict[str, Any] | None:
+    """The fixed scenario of a run with predictor blocks: full rows, test window, first
+    validation row ``b`` and first test row ``lo`` (None for runs without predictors)."""
+    if not getattr(runner, "predictors", None):
+        return None
+    from agents.predictor_blocks import arbitrage_scenario
+
+    config = runner.config
+    sizes = config.get("arbitrage_scenario")
+    if not isinstance(sizes, Mapping):
+        raise ConfigError(
+            f"{getattr(runner, 'run_dir', 'run')}: a run with predictors needs its "
+            "arbitrage_scenario sizes (train_blocks, val_blocks, test_blocks) in the config"
+        )
+    scenario, rows = arbitrage_scenario(runner.cfg.n_pools, sizes, int(config["seed"]))
+    lo, hi = rows["test"]
+    return {"scenario": scenario, "test": scenario.window(lo, hi), "b": rows["val"][0], "lo": lo}
+
+
 def run_arbitrage_backtest(
     runner: Any,
     seeds: Sequence[int] = range(20_000, 20_005),
@@ -621,6 +640,13 @@ def run_arbitrage_backtest(
     as a live bot would. With default limits this is the env's evaluation of the same policy on
     the same seeds (tested). Baselines (threshold, oracle) run through
     ``envs.arbitrage_baselines.evaluate_policy_share`` on the same seeds, in continuous mode.
+
+    Runs with predictor blocks (``predictor=[gas]``) trained on one fixed scenario: the episodes
+    are the run's test episodes, windows of that scenario's test rows (regenerated from the
+    run's ``seed`` and ``arbitrage_scenario`` sizes). Before each episode the runner's
+    predictors are reset to their saved state and fed the held-out rows from the first
+    validation row (minus their warm-up) up to the episode, as the training walk saw them; their
+    online updates run between blocks (``runner.maintain()``).
 
     Args:
         runner: an :class:`~agents.runner.arbitrage.ArbitrageRunner`.
@@ -643,6 +669,9 @@ def run_arbitrage_backtest(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("run_arbitrage_backtest: need at least one seed")
+    history = _predictor_history(runner)
+    if history is not None:
+        kwargs["scenario"] = history["test"]
     env = ArbitrageEnv(**kwargs)
     if env.cfg != runner.cfg:
         raise ConfigError("run_arbitrage_backtest: the runner's config differs from the env's")
@@ -652,6 +681,13 @@ def run_arbitrage_backtest(
         env.reset(seed=seed)
         scen, state = copy.deepcopy(env.scenario_batch), copy.deepcopy(env.state)
         runner.reset()
+        if history is not None:
+            full, lo = history["scenario"], history["lo"]
+            first = lo + episode_start_row(full, lo, scen)
+            for row in range(max(0, history["b"] - runner.predictor_warmup), first):
+                runner.feed_predictors(priming_snapshot(full, row))
+                runner.maintain()
+            runner.reset(predictors=False)
         row0 = int(state.row0[0])
         for row in range(row0):  # the gas-history warm-up rows before the episode's step 0
             sig = runner.on_snapshot(arbitrage_snapshot(scen, state, row))
@@ -662,6 +698,7 @@ def run_arbitrage_backtest(
             row = row0 + t
             sig = runner.on_snapshot(arbitrage_snapshot(scen, state, row, prev_rate))
             signals.append(sig)
+            runner.maintain()  # a bot runs predictor updates after the signal went out
             if progress is not None:
                 progress(row, sig)
             size = runner.slot_sizes(sig)[None]

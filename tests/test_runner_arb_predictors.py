@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from test_runner_arbitrage import _train_arb  # tests/ is on sys.path (rootdir-relative)
 
-from agents.backtest import arbitrage_snapshot, episode_start_row, priming_snapshot
+from agents.backtest import (
+    arbitrage_snapshot,
+    episode_start_row,
+    priming_snapshot,
+    run_arbitrage_backtest,
+)
 from agents.predictor_blocks import arbitrage_scenario
 from agents.runner import ArbitrageRunner, PolicyRunner
 from agents.runner.arb_predictors import OnlineDefiPredictor, feature_lookback
@@ -79,7 +84,7 @@ def test_gas_run_observations_and_actions_equal_the_env(gas_run: Path) -> None:
     pred_slice = runner.builder.flat_slices["pred_gas"]
     rest = np.ones(runner.builder.flat_dim, dtype=bool)
     rest[pred_slice] = False
-    compared = 0
+    compared, profits = 0, []
     for seed in (20_000, 20_001):
         obs, _ = env.reset(seed=seed)
         scen, state = env.scenario_batch, env.state
@@ -110,12 +115,18 @@ def test_gas_run_observations_and_actions_equal_the_env(gas_run: Path) -> None:
             compared += 1
             runner.maintain()
             prev = float(state.comp_rate[0])
-            obs, _, _, truncated, _ = env.step(action)
+            obs, _, _, truncated, info = env.step(action)
             runner.sync_inventory(state.bal[0], state.transit[0])
             if truncated:
+                profits.append(info["episode"]["total_profit"])
                 break
     assert compared == 2 * runner.env_kwargs["episode_length"]
     assert source.updates >= 2  # online updates happened inside the compared rows
+    # The backtest replays the same test episodes with the same priming, through the runner.
+    result = run_arbitrage_backtest(runner, [20_000, 20_001])
+    got = [e["total_profit"] for e in result.episodes]
+    np.testing.assert_allclose(got, profits, rtol=1e-6, atol=1e-6)
+    assert result.metrics["oracle"]["share_of_oracle"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_gas_run_holds_until_predictors_are_warm(gas_run: Path) -> None:
