@@ -36,7 +36,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
@@ -49,6 +48,7 @@ from agents.checkpoint import (
 )
 from agents.networks import EnsembleMLP, mlp
 from agents.replay import ReplayBatch, ReplayBuffer
+from agents.sac_explicit import ExplicitSACUpdate, actor_action, actor_layers, squashed_sample
 from agents.spaces import ObservationFlattener, space_from_dict, space_to_dict
 from agents.training_log import write_rollout_scalars
 from envs.errors import ConfigError
@@ -60,8 +60,6 @@ logger = logging.getLogger(__name__)
 _POLICY_FORMAT = "marketrl.sac.policy"
 _CHECKPOINT_FORMAT = "marketrl.sac.checkpoint"
 _FORMAT_VERSION = 1
-_LOG_2 = math.log(2.0)
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 @dataclass
@@ -87,7 +85,8 @@ class SACConfig:
     log_interval: int = 1000  # env steps between scalar logs to the writer
     seed: int = 0  # seeds network init, the agent's torch generator and NumPy RNG, env reset
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" ...
-    compile: bool = False  # wrap network forward passes with torch.compile
+    compile: bool = False  # wrap network forward passes with torch.compile (autograd update)
+    explicit_gradients: bool = True  # hand-written backward passes (agents/sac_explicit.py)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first field whose value cannot work."""
@@ -164,20 +163,14 @@ class SquashedGaussianActor(nn.Module):
         deterministic: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return ``(action in [-1, 1], log pi(action | obs))``; no log-prob if deterministic."""
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        head = self.net(obs)
         if deterministic:
-            return torch.tanh(mean), None
-        log_std = log_std.clamp(self.log_std_min, self.log_std_max)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        pre_tanh = mean + log_std.exp() * noise  # reparameterisation trick
+            return torch.tanh(head[..., : self.action_dim]), None
+        shape = (*head.shape[:-1], self.action_dim)
+        noise = torch.randn(shape, generator=generator, device=head.device, dtype=head.dtype)
         # log N(u; mu, sigma) with (u - mu) / sigma = noise, minus log|d tanh(u)/du| per dim.
-        log_prob = (
-            -0.5 * noise.square()
-            - log_std
-            - _HALF_LOG_2PI
-            - 2.0 * (_LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh))
-        ).sum(-1)
-        return torch.tanh(pre_tanh), log_prob
+        action, log_prob, _, _ = squashed_sample(head, noise, self.log_std_min, self.log_std_max)
+        return action, log_prob
 
 
 class SAC(Learner):
@@ -260,6 +253,14 @@ class SAC(Learner):
             self._critic_fn = torch.compile(self.critic)
             self._critic_target_fn = torch.compile(self.critic_target)
 
+        # The default update: hand-written gradients of the same losses (agents/sac_explicit.py);
+        # autograd when asked for, when compiling, or for networks it cannot differentiate.
+        self._explicit: ExplicitSACUpdate | None = None
+        if cfg.explicit_gradients and not cfg.compile and ExplicitSACUpdate.supports(self):
+            self._explicit = ExplicitSACUpdate(self)
+        # Acting on one observation: the actor's layers without nn.Module dispatch.
+        self._actor_layers = None if cfg.compile else actor_layers(self.actor.net)
+
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.np_random = np.random.default_rng(cfg.seed)
         self.replay: ReplayBuffer | None = None
@@ -292,6 +293,18 @@ class SAC(Learner):
         and :meth:`train_stats` are the hooks other learners (MBPO) drive SAC through.
         """
         obs_t = torch.from_numpy(flat_obs).to(self.device, non_blocking=True)
+        if self._actor_layers is not None:
+            # The same kernels and random draws as SquashedGaussianActor.forward, without the
+            # per-module Python dispatch (a visible share of a single-env step).
+            with torch.no_grad():
+                action = actor_action(
+                    self._actor_layers,
+                    obs_t,
+                    None if deterministic else self.generator,
+                    self.actor.log_std_min,
+                    self.actor.log_std_max,
+                )
+            return action.cpu().numpy()
         with torch.inference_mode():
             action, _ = self._actor_fn(obs_t, self.generator, deterministic)
         return action.cpu().numpy()
@@ -335,6 +348,19 @@ class SAC(Learner):
             batch: transitions with unit-scaled actions and ``discounts`` (``gamma``, or 0 at
                 termination), as :class:`~agents.replay.ReplayBuffer` samples them.
         """
+        cfg = self.config
+        if self._explicit is not None:
+            self._last_stats.update(self._explicit.step(batch))
+        else:
+            self._autograd_update(batch)
+        self.num_updates += 1
+        if self.num_updates % cfg.target_update_interval == 0:
+            with torch.no_grad():
+                # target += tau * (online - target), all tensors in one multi-tensor kernel.
+                torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
+
+    def _autograd_update(self, batch: ReplayBatch) -> None:
+        """The reference update with autograd (``explicit_gradients=False`` or ``compile``)."""
         obs, actions, rewards, next_obs, discounts = batch
         cfg = self.config
 
@@ -366,12 +392,6 @@ class SAC(Learner):
         self.actor_optimizer.step()
         for p in self._critic_params:
             p.requires_grad_(True)
-
-        self.num_updates += 1
-        if self.num_updates % cfg.target_update_interval == 0:
-            with torch.no_grad():
-                # target += tau * (online - target), all tensors in one multi-tensor kernel.
-                torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
 
         self._last_stats["actor_loss"] = actor_loss.detach()
         self._last_stats["critic_loss"] = critic_loss.detach()
