@@ -11,7 +11,16 @@ series with known structure (``predictors.toy_series``):
 * batched inference throughput over ``--bars`` bars (``predict_block``, ``torch.no_grad``);
 * walk-forward provider seconds over ``--bars`` bars, online (chunks of 32) and offline;
 * test MSE against persistence (``y_t`` for ``y_{t+h}``) per output, and the share of test targets
-  inside the 90% interval ``mean +- 1.645 std``.
+  inside the 90% interval ``mean +- 1.645 std``;
+* the online step's cost and quality, default (truncated BPTT over the last ``online_bptt`` bars)
+  against full-window BPTT (``online_bptt=0``, the step before issue 6's speed-up but with the
+  same flat optimiser): CPU ms per ``update`` of one sample, and a bar-by-bar walk-forward
+  (``update_every=1``) over the first 1,500 test bars: MSE / persistence and 90% coverage of the
+  predictions made while learning online.
+
+Then the gas predictor per horizon on the EIP-1559 scenario generator (``envs.data.defi``):
+model, a mean-reversion baseline and a linear model on the same features, each against
+persistence (issue 6: is the base fee beyond the next block a martingale, or was the model weak?).
 
 Then the env cost of the blocks: ``MarketTradingEnv`` reset time on the shipped BTC sample with
 and without all four models' blocks (8+ columns each) in the observation.
@@ -55,6 +64,9 @@ Z_90 = 1.6448536269514722
 FIT_BARS = 6000
 TEST_BARS = 4000
 COMMON = {"window": 32, "hidden_size": 32, "max_epochs": 30, "patience": 4, "lr": 3e-3}
+ONLINE_BARS = 1500
+COMMON_BPTT = OnlineLSTM().config.online_bptt
+GAS_HORIZONS = (1, 2, 4, 8, 12, 24)
 
 DataFn = Callable[[int], tuple[np.ndarray, np.ndarray, list[str]]]
 
@@ -99,16 +111,10 @@ def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float, float]:
     return float(np.median(times)), float(np.mean(times)), cpu
 
 
-def bench_model(name: str, make: Callable[[], Predictor], data: DataFn, bars: int) -> dict:
-    feats, targs, names = data(FIT_BARS + TEST_BARS)
-    model = make()
-    t0 = time.perf_counter()
-    metrics = model.fit((feats[:FIT_BARS], targs[:FIT_BARS]), feature_names=names)
-    fit_s = time.perf_counter() - t0
-
-    # Test error against persistence and 90% coverage, per output.
-    rows = np.arange(FIT_BARS, len(feats) - model.target_delay)
-    block = model.predict_block(feats, rows)
+def error_table(
+    model: Predictor, block: np.ndarray, targs: np.ndarray, rows: np.ndarray
+) -> tuple[list[tuple[str, float]], list[float]]:
+    """Per output: MSE / persistence MSE and 90% coverage of a ``predict_block`` result."""
     n_out, n_k = model.n_outputs, targs.shape[1]
     ratios, coverage = [], []
     for j, out_name in enumerate(model.output_names):
@@ -118,25 +124,64 @@ def bench_model(name: str, make: Callable[[], Predictor], data: DataFn, bars: in
         pers = np.mean((targs[rows, k] - y) ** 2)
         ratios.append((out_name, mse / pers))
         coverage.append(np.mean(np.abs(y - block[:, j]) <= Z_90 * block[:, n_out + j]))
+    return ratios, coverage
 
-    # Online step: the bar-by-bar protocol learns one new sample per step.
+
+def online_quality(
+    model: Predictor, feats: np.ndarray, targs: np.ndarray, start: int, n_bars: int
+) -> tuple[list[tuple[str, float]], float, float]:
+    """Bar-by-bar walk-forward from ``start``: predict at ``t``, then learn the sample just known.
+
+    Returns per-output MSE / persistence, mean 90% coverage and process CPU ms per bar (one
+    single-row ``predict_block`` plus one ``update``).
+    """
+    lo, stop = start - (model.window - 1), start + n_bars
+    provider = WalkForwardProvider(model, update_every=1)
+    cpu0 = time.process_time()
+    cols = provider.blocks(feats[lo:stop], targs[lo:stop])
+    cpu_ms = 1e3 * (time.process_time() - cpu0) / n_bars
+    names = provider.column_names()[:-1]
+    block = np.stack([cols[c] for c in names], axis=1)[model.window - 1 :]
+    ratios, coverage = error_table(model, block, targs, np.arange(start, stop))
+    return ratios, float(np.mean(coverage)), cpu_ms
+
+
+def step_cost(model: Predictor, feats: np.ndarray, targs: np.ndarray, **config) -> tuple:
+    """Median wall and mean CPU seconds of bar-by-bar ``update`` steps of a copy of ``model``."""
     online = copy.deepcopy(model)
+    online.config = dataclasses.replace(online.config, **config)
+    online._online_opt = None
     s = np.arange(FIT_BARS, FIT_BARS + 400)
-    one = [online.samples(feats, targs, s[i : i + 1]) for i in range(len(s))]
-    it = iter(one)
+    it = iter([online.samples(feats, targs, s[i : i + 1]) for i in range(len(s))])
     for _ in range(20):  # warm-up (optimiser state, allocator)
         online.update(next(it))
-    step_med, step_mean, step_cpu = timed(lambda: online.update(next(it)), 300)
+    return timed(lambda: online.update(next(it)), 300)
+
+
+def bench_model(name: str, make: Callable[[], Predictor], data: DataFn, bars: int) -> dict:
+    feats, targs, names = data(FIT_BARS + TEST_BARS)
+    model = make()
+    t0 = time.perf_counter()
+    metrics = model.fit((feats[:FIT_BARS], targs[:FIT_BARS]), feature_names=names)
+    fit_s = time.perf_counter() - t0
+
+    # Test error against persistence and 90% coverage, per output.
+    rows = np.arange(FIT_BARS, len(feats) - model.target_delay)
+    ratios, coverage = error_table(model, model.predict_block(feats, rows), targs, rows)
+
+    # Online step: the bar-by-bar protocol learns one new sample per step.
+    step_med, step_mean, step_cpu = step_cost(model, feats, targs)
+    online = copy.deepcopy(model)
     chunk = online.samples(feats, targs, np.arange(FIT_BARS, FIT_BARS + 32))
     chunk_med, _, _ = timed(lambda: online.update(chunk), 50)
-    # The same step training only the Gaussian head (online_scope="head").
-    head = copy.deepcopy(model)
-    head.config = dataclasses.replace(head.config, online_scope="head")
-    head._online_opt = None
-    it = iter(one)
-    for _ in range(20):
-        head.update(next(it))
-    head_med, _, head_cpu = timed(lambda: head.update(next(it)), 300)
+    # The same step training only the Gaussian head (online_scope="head"), and the step with
+    # back-propagation through the whole window (online_bptt=0, the pre-truncation step).
+    head_med, _, head_cpu = step_cost(model, feats, targs, online_scope="head")
+    _, _, full_cpu = step_cost(model, feats, targs, online_bptt=0)
+    walk = online_quality(model, feats, targs, FIT_BARS, ONLINE_BARS)
+    full_model = copy.deepcopy(model)
+    full_model.config = dataclasses.replace(full_model.config, online_bptt=0)
+    walk_full = online_quality(full_model, feats, targs, FIT_BARS, ONLINE_BARS)
 
     # Batched inference and the provider over a long series.
     big_f, big_t, _ = data(bars)
@@ -160,6 +205,9 @@ def bench_model(name: str, make: Callable[[], Predictor], data: DataFn, bars: in
         "head_cpu_ms": 1e3 * head_cpu,
         "chunk32_ms_per_bar": 1e3 * chunk_med / 32,
         "head_step_ms_median": 1e3 * head_med,
+        "full_cpu_ms": 1e3 * full_cpu,
+        "walk": walk,
+        "walk_full": walk_full,
         "infer_bars_per_s": len(rows_big) / infer_s,
         "provider_online_s": prov_online_s,
         "provider_offline_s": prov_offline_s,
@@ -167,6 +215,80 @@ def bench_model(name: str, make: Callable[[], Predictor], data: DataFn, bars: in
         "coverage": float(np.mean(coverage)),
         "model": model,
     }
+
+
+def linear_forecast(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """Least-squares fit with intercept on the training rows, applied to the test rows."""
+    a = np.c_[np.ones(len(x_train)), x_train]
+    coef, *_ = np.linalg.lstsq(a, y_train, rcond=None)
+    return np.c_[np.ones(len(x_test)), x_test] @ coef
+
+
+def bench_gas_horizons(n_train: int = 20_000, n_val: int = 4_000, n_test: int = 4_000) -> None:
+    """Gas predictor per horizon on the EIP-1559 generator against persistence and baselines.
+
+    Baselines, fitted on the training rows per horizon and output: *mean reversion* regresses the
+    change ``y[t+h] - y[t]`` on the deviation ``y[t] - mean(y_train)`` (AR(1) towards the
+    long-run level); *linear* regresses the change on all of the predictor's features at ``t``.
+    Both forecast ``y[t] + fitted change``. Persistence is ``y[t]``.
+    """
+    from envs.data.defi import generate_scenario
+
+    # The scenario the CLI uses (agents.predictor_blocks.arbitrage_scenario, seed 0).
+    n = n_train + n_val + n_test
+    scenario = generate_scenario(np.random.default_rng([0, 6]), n, 1)
+    model = GasPricePredictor(
+        window=32, horizons=GAS_HORIZONS, hidden_size=16, batch_size=256, max_epochs=12, patience=3
+    )  # configs/predictor/gas.yaml, with more horizons
+    series = model.prepare(scenario.base_fee)
+    feats, targs = series.features, series.targets
+    v0, t0, w = n_train, n_train + n_val, model.window
+    tic = time.perf_counter()
+    model.fit(
+        (feats[:v0], targs[:v0]),
+        (feats[v0 - (w - 1) : t0], targs[v0 - (w - 1) : t0]),
+        feature_names=series.feature_names,
+        target_names=series.target_names,
+    )
+    fit_s = time.perf_counter() - tic
+    rows = np.arange(t0, n - max(GAS_HORIZONS))
+    block = model.predict_block(feats, rows)
+    log_fee = targs[:, 0]
+    dlog = np.diff(log_fee[:t0])
+    ac1 = float(np.corrcoef(dlog[1:], dlog[:-1])[0, 1])
+    print(
+        f"\nGas predictor per horizon, EIP-1559 generator (envs.data.defi, seed [0, 6]): fit on "
+        f"{n_train} blocks ({fit_s:.0f} s), test on {len(rows)}. Log-fee changes: lag-1 "
+        f"autocorrelation {ac1:+.3f}; persistence MSE / h (a random walk keeps it flat):"
+    )
+    pers_by_h = [np.mean((log_fee[rows + h] - log_fee[rows]) ** 2) / h for h in GAS_HORIZONS]
+    print("  " + ", ".join(f"h{h} {v:.5f}" for h, v in zip(GAS_HORIZONS, pers_by_h, strict=True)))
+    print(
+        f"  {'output':<20}{'model/pers':>11}{'MR/pers':>9}{'linear/pers':>12}{'model/MR':>9}"
+        f"{'model/lin':>10}{'cov90':>7}"
+    )
+    n_k, n_out = targs.shape[1], model.n_outputs
+    train_rows = np.arange(w - 1, v0 - max(GAS_HORIZONS))
+    for j, out_name in enumerate(model.output_names):
+        h, k = GAS_HORIZONS[j // n_k], j % n_k
+        y = targs[rows + h, k]
+        now, now_train = targs[rows, k], targs[train_rows, k]
+        change_train = targs[train_rows + h, k] - now_train
+        mu = targs[:v0, k].mean()
+        mr = now + linear_forecast((now_train - mu)[:, None], change_train, (now - mu)[:, None])
+        lin = now + linear_forecast(feats[train_rows], change_train, feats[rows])
+        pers = np.mean((now - y) ** 2)
+        err = {
+            name: np.mean((f - y) ** 2)
+            for name, f in (("m", block[:, j]), ("mr", mr), ("lin", lin))
+        }
+        cov = np.mean(np.abs(y - block[:, j]) <= Z_90 * block[:, n_out + j])
+        print(
+            f"  {out_name:<20}{err['m'] / pers:>11.3f}{err['mr'] / pers:>9.3f}"
+            f"{err['lin'] / pers:>12.3f}{err['m'] / err['mr']:>9.3f}{err['m'] / err['lin']:>10.3f}"
+            f"{cov:>7.3f}",
+            flush=True,
+        )
 
 
 def bench_env_reset(fitted: list[dict], resets: int) -> tuple[float, float, float, int]:
@@ -203,12 +325,16 @@ def main() -> None:
     parser.add_argument("--bars", type=int, default=100_000, help="bars for inference/provider")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--resets", type=int, default=300, help="env resets to time")
+    parser.add_argument("--gas-only", action="store_true", help="only the gas horizon table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), device cpu, {args.bars} bars; "
         f"window {COMMON['window']}, hidden {COMMON['hidden_size']}"
     )
+    if args.gas_only:
+        bench_gas_horizons()
+        return
     header = (
         f"{'model':<19}{'fit s':>7}{'ep':>4}{'step ms':>9}{'(mean)':>8}{'cpu':>6}{'head ms':>8}"
         f"{'cpu':>6}"
@@ -231,6 +357,22 @@ def main() -> None:
             f"  {ratios}",
             flush=True,
         )
+    print(
+        f"\nOnline step, bar by bar: default (online_bptt={COMMON_BPTT}) vs full-window BPTT "
+        f"(online_bptt=0); walk over the first {ONLINE_BARS} test bars, predicting while learning"
+    )
+    for r in results:
+        for label, cpu, (w_ratios, w_cov, w_ms) in (
+            (f"bptt {COMMON_BPTT}", r["step_cpu_ms"], r["walk"]),
+            ("full bptt", r["full_cpu_ms"], r["walk_full"]),
+        ):
+            cells = ", ".join(f"{k} {v:.3f}" for k, v in w_ratios)
+            print(
+                f"  {r['name']:<19}{label:<10} step cpu {cpu:5.2f} ms | walk {w_ms:5.2f} ms/bar, "
+                f"cov90 {w_cov:.3f}, MSE / persistence: {cells}",
+                flush=True,
+            )
+    bench_gas_horizons()
     base, per_model, joint, n_cols = bench_env_reset(results, args.resets)
     print(
         f"MarketTradingEnv reset (BTC sample, window 32, {n_cols} predictor columns): "

@@ -5,6 +5,12 @@ Reads top to bottom: config, construction, ``fit`` (early stopping on validation
 inference, save/load. Subclasses add features, sample weights (gas) or output weights (liquidity)
 through two small hooks.
 
+The online step is built for the bar-by-bar loop (issue 6: under 2 ms per step on one CPU
+thread): replayed samples come from a preallocated tensor ring (``predictors.replay``), the
+recurrent encoder back-propagates through the last ``online_bptt`` bars only (truncated BPTT; the
+forward and hence the scored prediction are unchanged), and ``FlatAdam`` clips and steps all
+parameters as one vector (``predictors.online_optim``). ``fit`` is plain full-window training.
+
 Alignment (see ``predictors.windows``): sample ``t`` reads bars ``(t - W, t]`` and targets
 ``y[t + h]`` for every ``h`` in ``horizons``.
 """

@@ -105,7 +105,10 @@ def test_cvae_block_posterior_recognises_the_regime(cvae, series):
 def test_vae_reconstructs_better_than_the_mean_and_flags_anomalies(cls, series, tmp_path):
     r = series[0]
     model = cls(latent_dim=4, **FAST)
-    model.fit((r[:7000, None], None))
+    metrics = model.fit((r[:7000, None], None))
+    # One training-curve point per epoch (scripts/train_predictor.py logs them to TensorBoard).
+    assert [h["epoch"] for h in model.history] == list(range(1, int(metrics["epochs"]) + 1))
+    assert min(h["val_loss"] for h in model.history) == metrics["val_loss"]
     test = np.lib.stride_tricks.sliding_window_view(r[7000:], W)[:, :, None]
     recon = model.reconstruct(test)
     mse = np.mean((recon - test) ** 2)
