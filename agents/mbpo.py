@@ -15,6 +15,13 @@ The loop, per real env step:
 3. ``updates_per_step`` SAC gradient steps, each on a batch of ``real_ratio`` real and
    ``1 - real_ratio`` model transitions (MBPO: 5% real, 20 updates per step).
 
+With ``trading_aware`` (``MarketTrading-v0`` only) the model is
+``world_models.market_trading_dynamics``: the ensemble learns the market window, the predictor
+blocks and three auxiliary market inputs (next open gap, next close return, impact scale; see
+``envs/market_accounting.py``), and the portfolio block and reward come from the env's known
+accounting (issue 7). Build such an agent with :meth:`MBPO.for_env`; the auxiliary inputs of
+every real transition are read from the env before each step and kept next to the replay.
+
 The model buffer holds ``rollout_batch_size * rollout_length * model_retain_rollouts``
 transitions (resized, newest kept, when the length changes), so stale rollouts age out.
 
@@ -75,6 +82,7 @@ class MBPOConfig:
     rollout_schedule: list[int] = field(default_factory=lambda: [20_000, 100_000, 1, 15])
     model_retain_rollouts: int = 4  # rollout batches the model buffer keeps
     propagation: str = "ts1"  # trajectory sampling of the model env (ts1, tsinf, expectation)
+    trading_aware: bool = False  # MarketTrading-v0: learn the market, compute the accounting
     real_ratio: float = 0.05  # share of real transitions in each SAC batch
     updates_per_step: int = 20  # SAC gradient steps per env step once the model is trained
     log_interval: int = 1000  # env steps between scalar logs
@@ -184,6 +192,11 @@ class MBPO(Learner):
         self.config = config if config is not None else MBPOConfig()
         self.config.validate()
         cfg = self.config
+        if cfg.trading_aware and dynamics is None:
+            raise ConfigError(
+                "mbpo.trading_aware: the accounting is read from the env; build the agent with "
+                "MBPO.for_env(env, config) (or pass dynamics=MBPO.make_dynamics(env, config))"
+            )
         self.sac = SAC(observation_space, action_space, cfg.sac_config())
         self.observation_space, self.action_space = observation_space, action_space
         self.flattener = ObservationFlattener(observation_space)
@@ -215,6 +228,33 @@ class MBPO(Learner):
         self.episode_returns: deque[float] = deque(maxlen=100)
         self.episode_lengths: deque[int] = deque(maxlen=100)
         self._stats: dict[str, float] = {}
+        # Auxiliary inputs of the real transitions (trading-aware models), row-aligned with
+        # the real replay's storage; allocated with the replay.
+        self.auxiliary_fn = getattr(self.dynamics, "auxiliary_fn", None)
+        self.n_auxiliary = int(getattr(self.dynamics, "n_auxiliary", 0))
+        self.auxiliary: np.ndarray | None = None
+
+    @classmethod
+    def make_dynamics(cls, env: gym.Env, config: MBPOConfig) -> DynamicsModel | None:
+        """The trading-aware model for ``env`` if ``config.trading_aware``, else None.
+
+        Raises:
+            ConfigError: ``env`` is not a ``MarketTrading-v0`` setting the accounting supports.
+        """
+        if not config.trading_aware:
+            return None
+        from world_models.trading import market_trading_dynamics
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 1)
+            return market_trading_dynamics(env, config.ensemble_config(), config.train_config())
+
+    @classmethod
+    def for_env(cls, env: gym.Env, config: MBPOConfig | None = None) -> MBPO:
+        """An agent for ``env``'s spaces; trading-aware dynamics when the config asks for it."""
+        config = config if config is not None else MBPOConfig()
+        config.validate()
+        return cls(env.observation_space, env.action_space, config, cls.make_dynamics(env, config))
 
     # ----------------------------------------------------------------------------- acting
 
@@ -247,12 +287,17 @@ class MBPO(Learner):
         replay = self.sac.replay
         assert replay is not None
         n = replay.size
+        extra: dict[str, Any] = {}
+        if self.n_auxiliary:
+            assert self.auxiliary is not None
+            extra["auxiliary"] = torch.as_tensor(self.auxiliary[:n], device=self.device)
         fit = self.dynamics.fit(
             replay.observations[:n],
             replay.actions[:n],
             replay.rewards[:n],
             replay.next_observations[:n],
             generator=self.generator,
+            **extra,
         )
         self.model_fits += 1
         self._stats.update(
@@ -342,6 +387,10 @@ class MBPO(Learner):
         if self.sac.replay is None:
             self.sac.replay = self.sac.make_replay()
         replay = self.sac.replay
+        if self.n_auxiliary and self.auxiliary_fn is None:
+            raise ConfigError("mbpo: the dynamics needs auxiliary inputs but has no auxiliary_fn")
+        if self.n_auxiliary and self.auxiliary is None:
+            self.auxiliary = np.zeros((replay.capacity, self.n_auxiliary), dtype=np.float32)
         gamma = np.float32(self.sac.config.gamma)
         obs, _ = env.reset(seed=cfg.seed + self.num_timesteps)
         flat_obs = self.flattener.flatten(obs)[0]
@@ -353,6 +402,9 @@ class MBPO(Learner):
                 unit_action = self.np_random.uniform(-1.0, 1.0, (1, self.action_dim))
             else:
                 unit_action = self.sac.policy_unit_action(flat_obs, deterministic=False)
+            if self.n_auxiliary:  # read before the step: the transition's market inputs
+                assert self.auxiliary is not None and self.auxiliary_fn is not None
+                self.auxiliary[replay.pos] = self.auxiliary_fn(env)
             next_obs, reward, terminated, truncated, _ = env.step(
                 self.sac.scale_action(unit_action)[0]
             )
@@ -453,7 +505,8 @@ class MBPO(Learner):
         Stored: config, spaces, SAC's full checkpoint (networks, optimisers, counters, RNG, and
         with ``include_buffer`` the real replay), the dynamics' weights, normalisers, elites and
         optimiser, the model-fit count, episode statistics, the agent's generator and NumPy RNG
-        states, and (with ``include_buffer``) the model buffer.
+        states, and (with ``include_buffer``) the model buffer and the auxiliary inputs of the
+        real transitions (trading-aware models).
         """
         with tempfile.TemporaryDirectory() as tmp:
             sac_path = Path(tmp) / "sac.pt"
@@ -473,6 +526,11 @@ class MBPO(Learner):
             model_buffer=(
                 self.model_buffer.state_dict()
                 if include_buffer and self.model_buffer is not None
+                else None
+            ),
+            auxiliary=(
+                torch.from_numpy(self.auxiliary.copy())
+                if include_buffer and self.auxiliary is not None
                 else None
             ),
         )
@@ -511,6 +569,8 @@ class MBPO(Learner):
         self.episode_lengths = deque(state["episode_lengths"], maxlen=100)
         self.generator.set_state(state["torch_rng"].cpu())
         self.np_random.bit_generator.state = state["numpy_rng"]
+        if state.get("auxiliary") is not None:
+            self.auxiliary = state["auxiliary"].numpy().copy()
         if state.get("model_buffer") is not None:
             mb = state["model_buffer"]
             self.model_buffer = None

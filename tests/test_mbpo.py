@@ -145,3 +145,66 @@ def test_rollout_schedule_and_config_errors() -> None:
         MBPOConfig.from_dict({"ensemble": {"num_elites": 9}})
     with pytest.raises(ConfigError, match="Box"):
         MBPO(spaces.Box(-1, 1, (1,)), spaces.Discrete(3), small_config())
+
+
+# --- trading-aware MBPO on MarketTrading-v0 ---------------------------------------------------
+
+
+def _market_env():
+    from envs.data.dataset import MarketDataset
+    from envs.market_env import MarketTradingEnv
+
+    rng = np.random.default_rng(0)
+    n = 240
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, (n, 1)), axis=0))
+    open_ = np.vstack([close[:1], close[:-1]]) * np.exp(rng.normal(0, 0.002, (n, 1)))
+    volume = rng.lognormal(8.0, 0.3, (n, 1))
+    dataset = MarketDataset(
+        timestamps=np.arange(n, dtype=np.int64) * 3600 * 10**9,
+        symbols=("A",),
+        ohlcv=np.stack(
+            [open_, np.maximum(open_, close), np.minimum(open_, close), close, volume], -1
+        ),
+        source="<gbm mbpo test>",
+    )
+    return MarketTradingEnv(
+        dataset=dataset,
+        features=("logret_1", "rvol_8"),
+        window=4,
+        episode_length=50,
+        action_mode="continuous",
+        flatten=True,
+    )
+
+
+def test_trading_aware_mbpo_runs_on_market_trading() -> None:
+    from envs.market_accounting import accounting_spec
+
+    env = _market_env()
+    config = small_config(
+        trading_aware=True,
+        learning_starts=40,
+        model_train_freq=40,
+        rollout_batch_size=64,
+        rollout_schedule=[0, 1, 2, 2],
+        updates_per_step=1,
+    )
+    with pytest.raises(ConfigError, match="for_env"):
+        MBPO(env.observation_space, env.action_space, config)
+    agent = MBPO.for_env(env, config)
+    spec = accounting_spec(env)
+    assert agent.n_auxiliary == 3 and agent.dynamics.ensemble.out_dim == len(spec.exogenous) + 3
+    agent.learn(env, 130)
+    assert agent.model_fits == 3 and agent.model_buffer is not None
+    # Auxiliary inputs were stored for every real transition (impact scale > 0 on this data).
+    assert agent.auxiliary is not None and bool((agent.auxiliary[:130, 2] > 0).all())
+    n = agent.model_buffer.size
+    assert n > 0
+    nxt = agent.model_buffer.next_observations[:n]
+    port = nxt[:, spec.portfolio]
+    # Imagined portfolios come from the accounting, not a network: exposure + cash / value = 1
+    # and the last target is the action mapped exactly.
+    torch.testing.assert_close(port[:, 0] + port[:, 1], torch.ones(n), rtol=0, atol=1e-5)
+    actions = agent.model_buffer.actions[:n, 0]
+    torch.testing.assert_close(port[:, 4], actions, rtol=0, atol=1e-6)
+    assert agent.act(env.reset(seed=1)[0]).shape == (1,)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from envs.errors import ConfigError, DataError
-from envs.market_accounting import MarketAccountingSpec, accounting_spec
+from envs.market_accounting import MarketAccountingSpec, accounting_spec, auxiliary_inputs
 from world_models.dynamics import check_transitions, sample_gaussian
 from world_models.ensemble import EnsembleConfig, GaussianEnsemble
 from world_models.training import EnsembleTrainConfig, FitResult, make_optimizer, train_ensemble
@@ -130,6 +130,8 @@ class TradingAwareDynamics(nn.Module):
         exogenous_uses_action: feed the action to the market model too (default: price taker).
         n_auxiliary: extra market quantities the accounting needs that the observation lacks;
             the ensemble predicts them after the exogenous deltas and ``fit`` needs them.
+        auxiliary_fn: ``env -> (n_auxiliary,)`` array of the auxiliary inputs of the step the
+            env makes next (MBPO stores them with each real transition).
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class TradingAwareDynamics(nn.Module):
         train_config: EnsembleTrainConfig | None = None,
         exogenous_uses_action: bool = False,
         n_auxiliary: int = 0,
+        auxiliary_fn: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__()
         if n_auxiliary < 0:
@@ -148,6 +151,7 @@ class TradingAwareDynamics(nn.Module):
                 f"trading-aware dynamics: n_auxiliary must be >= 0, got {n_auxiliary}"
             )
         self.n_auxiliary = int(n_auxiliary)
+        self.auxiliary_fn = auxiliary_fn
         self.split = split
         self.known_dynamics = known_dynamics
         self.obs_dim, self.action_dim = split.obs_dim, int(action_dim)
@@ -396,4 +400,5 @@ def market_trading_dynamics(
         config,
         train_config,
         n_auxiliary=spec.n_auxiliary,
+        auxiliary_fn=auxiliary_inputs,
     )
