@@ -298,6 +298,11 @@ class ArbitrageRunner:
         return max((max(0, p.warmup - p.rows_seen) for p in self.predictors.values()), default=0)
 
     @property
+    def last_ref_price(self) -> float | None:
+        """Reference price of the last accepted snapshot (None before the first)."""
+        return None if self._seen == 0 else float(self._scen.ref_price[0, -1])
+
+    @property
     def snapshots_seen(self) -> int:
         """Snapshots ingested into the history."""
         return self._seen
