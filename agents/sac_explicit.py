@@ -127,6 +127,16 @@ def _ensemble_forward(
     return torch.baddbmm(bias, x, weight), hidden
 
 
+def _batched_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``grad @ weight^T`` per member: ``(K, B, out) x (K, in, out) -> (K, B, in)``."""
+    if weight.shape[-1] == 1:
+        # A one-wide layer (the critics' Q head) makes this an outer product; a broadcast
+        # multiply does the same multiplications without a batched GEMM of inner size 1, which
+        # BLAS handles poorly.
+        return grad * weight.transpose(1, 2)
+    return torch.bmm(grad, weight.transpose(1, 2))
+
+
 class ExplicitSACUpdate:
     """One SAC gradient step on an agent's networks with hand-written backward passes.
 
@@ -266,7 +276,7 @@ class ExplicitSACUpdate:
             torch.bmm(layer_in.transpose(1, 2), grad, out=grad_w)
             torch.sum(grad, 1, keepdim=True, out=grad_b)
             if i > 0:
-                grad = _relu_backward(torch.bmm(grad, weight.transpose(1, 2)), hidden[i - 1], 0)
+                grad = _relu_backward(_batched_input_grad(grad, weight), hidden[i - 1], 0)
 
     def _ensemble_input_backward(
         self, hidden: list[torch.Tensor], grad_out: torch.Tensor
@@ -275,7 +285,7 @@ class ExplicitSACUpdate:
         layers = self.critic_layers
         grad = grad_out
         for i in range(len(layers) - 1, 0, -1):
-            grad = _relu_backward(torch.bmm(grad, layers[i][0].transpose(1, 2)), hidden[i - 1], 0)
+            grad = _relu_backward(_batched_input_grad(grad, layers[i][0]), hidden[i - 1], 0)
         obs_dim = self.agent.obs_dim
         first = layers[0][0][:, obs_dim:, :]  # (K, A, hidden): rows of the action inputs
         return torch.bmm(grad, first.transpose(1, 2)).sum(0)
