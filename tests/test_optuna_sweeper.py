@@ -282,6 +282,7 @@ def test_stored_study_continues_and_no_completed_trial_is_an_error(tmp_path: Pat
         "hydra.sweeper.n_trials=2",
         f"hydra.sweeper.storage={storage}",
         "fail=false",
+        "hydra.sweeper.n_jobs=2",  # both trials asked first, then launched as one batch
     )
     assert second.returncode == 0, second.stderr[-3000:]
     results = _results(tmp_path / "s2")

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 import yaml
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, configure_log
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -199,7 +199,9 @@ class OptunaSweeperImpl(Sweeper):
             )
         except SystemExit as exit_:
             # scripts/train_agent.py exits with code 2 on a ConfigError; under the in-process
-            # launcher that would end the whole sweep, so it fails the batch instead.
+            # launcher that would end the whole sweep, so it fails the batch instead (the
+            # launcher returns nothing, so every job of the batch counts as failed).
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             for trial, _ in jobs:
                 self._fail(study, trial, f"the job exited with code {exit_.code!r}")
             return
