@@ -42,7 +42,7 @@ from agents.checkpoint import atomic_torch_save, safe_torch_load
 from agents.spaces import space_from_dict, space_to_dict
 from envs.errors import ConfigError, DataError
 
-__all__ = ["ALGORITHMS", "SB3Agent", "register_algorithm"]
+__all__ = ["ALGORITHMS", "SB3Agent", "policy_confidence", "register_algorithm"]
 
 _FORMAT = "marketrl.sb3"
 _CHECKPOINT_FORMAT = "marketrl.sb3.checkpoint"
@@ -480,6 +480,41 @@ class SB3Agent(Learner):
             action, _ = self.model.predict(obs, deterministic=deterministic)
         return np.asarray(action)
 
+    def act_with_confidence(
+        self,
+        obs: Any,
+        action_masks: Any = None,
+        episode_start: Any = None,
+        temperature: float = 1.0,
+    ) -> tuple[np.ndarray, float]:
+        """Deterministic action for one observation and a confidence in ``[0, 1]``.
+
+        The action is exactly ``act(obs, deterministic=True, ...)`` (RecurrentPPO's LSTM state
+        advances as in ``act``); the confidence comes from the same policy on the same input
+        (see :func:`policy_confidence` for the measure of each algorithm family).
+
+        Args:
+            obs: one observation (no batch dimension).
+            action_masks: MaskablePPO's mask of allowed actions.
+            episode_start: RecurrentPPO: True on the first observation of an episode.
+            temperature: softmax temperature over Q-values (DQN, QRDQN), in reward units.
+        """
+        state_before = self._recurrent_state if self.is_recurrent else None
+        start = state_before is None if episode_start is None else bool(episode_start)
+        action = self.act(
+            obs, deterministic=True, action_masks=action_masks, episode_start=episode_start
+        )
+        confidence = policy_confidence(
+            self.model,
+            obs,
+            np.asarray(action),
+            action_masks=action_masks,
+            lstm_state=state_before,
+            episode_start=start,
+            temperature=temperature,
+        )
+        return np.asarray(action), confidence
+
     def _batch_size(self, obs: Any) -> int:
         space = self.observation_space
         if isinstance(space, spaces.Dict):
@@ -666,6 +701,118 @@ class SB3Agent(Learner):
             _buffer_from_plain(model, state["replay_buffer"], path)
         self._attached_env = None  # the next learn attaches and resets the env
         self._recurrent_state = None
+
+
+# --- confidence ---------------------------------------------------------------------------------
+
+# Noise scale (unit action space) of deterministic actors without their own: SB3's DDPG trains
+# with target_policy_noise = 0 and no default exploration noise, and 0.1 is the Gaussian
+# exploration sigma of the SB3 / rl-zoo TD3 and DDPG recipes (Fujimoto et al. 2018 use 0.1).
+DETERMINISTIC_FALLBACK_SIGMA = 0.1
+
+
+def _sign_agreement(mean: torch.Tensor, std: torch.Tensor) -> float:
+    """``2 * Phi(z) - 1`` with ``z = mean_i(|mu_i| / sigma_i)``: the Gaussian's mass on the mean's
+    side of zero, rescaled to ``[0, 1]`` (the measure of our SAC runner, agents/runner/policy)."""
+    import math
+
+    z = float((mean.abs() / std.clamp_min(1e-12)).mean().item())
+    return float(math.erf(z / math.sqrt(2.0)))
+
+
+def _deterministic_sigma(model: Any) -> float:
+    """The noise a deterministic actor's critic is trained around (TD3's target policy
+    smoothing, when active: SB3's DDPG keeps a ``target_policy_noise`` but clips it to 0 with
+    ``target_noise_clip = 0``), else its exploration noise's sigma, else
+    ``DETERMINISTIC_FALLBACK_SIGMA``."""
+    sigma = float(getattr(model, "target_policy_noise", 0.0) or 0.0)
+    if sigma > 0 and float(getattr(model, "target_noise_clip", 0.0) or 0.0) > 0:
+        return sigma
+    noise = getattr(model, "action_noise", None)
+    raw = getattr(noise, "_sigma", None)
+    if raw is not None and np.all(np.asarray(raw) > 0):
+        return float(np.mean(raw))
+    return DETERMINISTIC_FALLBACK_SIGMA
+
+
+def policy_confidence(
+    model: Any,
+    obs: Any,
+    action: np.ndarray,
+    action_masks: Any = None,
+    lstm_state: Any = None,
+    episode_start: bool = True,
+    temperature: float = 1.0,
+) -> float:
+    """Confidence in ``[0, 1]`` of an SB3 policy's deterministic ``action`` for one ``obs``.
+
+    * Categorical policies (PPO, A2C, TRPO, MaskablePPO with the masks applied, RecurrentPPO):
+      the probability of the chosen action.
+    * Diagonal Gaussian policies (PPO, A2C, TRPO, RecurrentPPO; SAC, TQC and CrossQ through
+      their actor's mean and log-std before the tanh): ``2 * Phi(mean_i |mu_i| / sigma_i) - 1``,
+      the probability that a sampled action has the mean's sign, per dimension averaged in z.
+    * Q-value policies: DQN ``softmax(Q / temperature)`` of the chosen action; QRDQN the same
+      with Q the mean over quantiles.
+    * Deterministic actors (TD3, DDPG): no distribution, so the same sign measure with the
+      actor's unit action ``u = tanh(...)`` in ``[-1, 1]`` as the mean and a fixed, policy-free
+      sigma: TD3's ``target_policy_noise`` (0.2 by default; the critic is trained to value
+      actions within that noise alike, Fujimoto et al. 2018; DDPG has no smoothing), else the
+      exploration noise's
+      sigma, else ``DETERMINISTIC_FALLBACK_SIGMA`` (0.1). 0 at the centre of the action box, near
+      1 when the action is several sigmas towards a bound.
+    * RecurrentPPO: the distribution at the LSTM state *before* this observation
+      (``lstm_state`` as ``act`` keeps it, None = zeros) with ``episode_start``.
+
+    Raises:
+        ConfigError: a policy of none of these kinds.
+    """
+    policy = model.policy
+    with torch.inference_mode():
+        tensor, _ = policy.obs_to_tensor(obs)
+        if hasattr(policy, "lstm_actor"):
+            if lstm_state is None:
+                # predict()'s zero state: (layers, batch, hidden) per hidden and cell state.
+                zeros = np.zeros(policy.lstm_hidden_state_shape, dtype=np.float32)
+                lstm_state = (zeros, zeros)
+            states = tuple(
+                torch.as_tensor(np.asarray(s), dtype=torch.float32, device=policy.device)
+                for s in lstm_state
+            )
+            starts = torch.tensor([float(episode_start)], device=policy.device)
+            dist, _ = policy.get_distribution(tensor, states, starts)
+        elif hasattr(policy, "get_distribution"):
+            if action_masks is not None:
+                masks = np.asarray(action_masks, dtype=bool).reshape(1, -1)
+                dist = policy.get_distribution(tensor, action_masks=masks)
+            else:
+                dist = policy.get_distribution(tensor)
+        elif hasattr(policy, "quantile_net"):  # QRDQN: (batch, quantiles, actions)
+            q = policy.quantile_net(tensor).mean(dim=1)
+            return _softmax_of_chosen(q, action, temperature)
+        elif hasattr(policy, "q_net"):  # DQN
+            return _softmax_of_chosen(policy.q_net(tensor), action, temperature)
+        elif hasattr(getattr(policy, "actor", None), "get_action_dist_params"):  # SAC, TQC
+            mean, log_std, _ = policy.actor.get_action_dist_params(tensor)
+            return _sign_agreement(mean, log_std.exp())
+        elif getattr(policy, "actor", None) is not None:  # TD3, DDPG: tanh-squashed actor
+            unit = policy.actor(tensor)
+            return _sign_agreement(unit, torch.full_like(unit, _deterministic_sigma(model)))
+        else:
+            raise ConfigError(f"no confidence measure for policy {type(policy).__name__}")
+        inner = dist.distribution
+        if isinstance(inner, torch.distributions.Categorical):
+            chosen = int(np.asarray(action).reshape(-1)[0])
+            return float(inner.probs.reshape(-1, inner.probs.shape[-1])[0, chosen].item())
+        if isinstance(inner, torch.distributions.Normal):
+            return _sign_agreement(inner.mean, inner.stddev)
+    raise ConfigError(f"no confidence measure for distribution {type(inner).__name__}")
+
+
+def _softmax_of_chosen(q: torch.Tensor, action: np.ndarray, temperature: float) -> float:
+    if not temperature > 0:
+        raise ConfigError(f"confidence temperature must be > 0, got {temperature}")
+    probs = torch.softmax(q.reshape(1, -1).double() / temperature, dim=1)
+    return float(probs[0, int(np.asarray(action).reshape(-1)[0])].item())
 
 
 class _SpacesOnlyEnv(gym.Env):

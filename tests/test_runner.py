@@ -300,3 +300,35 @@ def test_sb3_confidence_from_the_policy_distribution(algo: str, mode: str) -> No
         _, narrow = adapter.decide(obs)
         assert wide < narrow
     assert any(c != 1.0 for c in confidences)
+
+
+@pytest.mark.parametrize(
+    ("algo", "mode"), [("DQN", "discrete"), ("TD3", "continuous"), ("RecurrentPPO", "discrete")]
+)
+def test_runner_confidence_for_other_sb3_algorithms(algo: str, mode: str) -> None:
+    """Every SB3 family gets a confidence from its own policy (not a constant 1), the action is
+    the agent's, and a recurrent policy's state restarts with the adapter's reset."""
+    from agents.runner.policy import PolicyAdapter
+    from agents.sb3_adapter import SB3Agent
+
+    env = MarketTradingEnv(dataset=gbm(300, seed=3), action_mode=mode, window=8, flatten=True)
+    algo_kwargs = (
+        {"n_steps": 16, "batch_size": 16}
+        if algo == "RecurrentPPO"
+        else {"buffer_size": 100, "learning_starts": 10}
+    )
+    agent = SB3Agent(
+        algo, env=env, policy_kwargs={"net_arch": [16]}, algo_kwargs=algo_kwargs, device="cpu"
+    )
+    adapter = PolicyAdapter(agent)
+    obs, _ = env.reset(seed=0)
+    observations, decisions = [], []
+    for _ in range(5):
+        action, confidence = adapter.decide(obs)
+        assert 0.0 <= confidence < 1.0
+        observations.append(obs)
+        decisions.append((np.asarray(action).tolist(), confidence))
+        obs, *_ = env.step(action)
+    adapter.reset()
+    again = [adapter.decide(o) for o in observations]
+    assert [(np.asarray(a).tolist(), c) for a, c in again] == decisions

@@ -294,3 +294,151 @@ def test_bad_configs_and_unsafe_files_are_refused(tmp_path: Path) -> None:
     torch.save({"format": "other"}, tmp_path / "other.pt")
     with pytest.raises(DataError, match="not an SB3Agent file"):
         SB3Agent.load(tmp_path / "other.pt")
+
+
+# --- confidence (issue 8) ----------------------------------------------------------------------
+
+OFF_POLICY_KW = {"buffer_size": 100, "learning_starts": 10}
+
+
+def pendulum_obs(n: int = 8) -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(n, 3)).astype(np.float32)
+
+
+def _erf_measure(mean: torch.Tensor, std: torch.Tensor) -> float:
+    import math
+
+    z = float((mean.abs() / std).mean())
+    return math.erf(z / math.sqrt(2.0))
+
+
+@pytest.mark.parametrize("algo", ["DQN", "QRDQN"])
+def test_q_value_confidence_is_softmax_of_the_chosen_action(algo: str) -> None:
+    agent = SB3Agent(
+        algo, env=gym.make("CartPole-v1"), policy_kwargs={"net_arch": [8]}, algo_kwargs=DQN_KW
+    )
+    policy = agent.model.policy
+    for obs in cartpole_obs(6):
+        action, confidence = agent.act_with_confidence(obs)
+        assert np.array_equal(action, agent.act(obs))
+        with torch.no_grad():
+            x = torch.as_tensor(obs[None])
+            q = policy.quantile_net(x).mean(dim=1) if algo == "QRDQN" else policy.q_net(x)
+        probs = torch.softmax(q[0].double(), dim=0)
+        assert int(action) == int(torch.argmax(q[0]))  # greedy action = highest Q
+        assert confidence == pytest.approx(float(probs[int(action)]), rel=1e-9)
+        assert 0.5 <= confidence <= 1.0  # two actions: the greedy one has at least half
+        _, hot_conf = agent.act_with_confidence(obs, temperature=1e-3)
+        assert hot_conf >= confidence  # a colder softmax is surer of the same argmax
+    with pytest.raises(ConfigError, match="temperature"):
+        agent.act_with_confidence(cartpole_obs(1)[0], temperature=0.0)
+
+
+@pytest.mark.parametrize(
+    ("algo", "kwargs", "sigma"),
+    [
+        ("TD3", {}, 0.2),  # TD3's target_policy_noise
+        ("DDPG", {"action_noise": {"type": "normal", "sigma": 0.3}}, 0.3),
+        ("DDPG", {}, 0.1),  # no noise at all: the documented fallback
+    ],
+)
+def test_deterministic_actor_confidence_uses_a_fixed_sigma(
+    algo: str, kwargs: dict, sigma: float
+) -> None:
+    agent = SB3Agent(
+        algo,
+        env=gym.make("Pendulum-v1"),
+        policy_kwargs={"net_arch": [8]},
+        algo_kwargs={**OFF_POLICY_KW, **kwargs},
+    )
+    actor = agent.model.policy.actor
+    confs = []
+    for obs in pendulum_obs():
+        action, confidence = agent.act_with_confidence(obs)
+        assert np.array_equal(action, agent.act(obs))
+        with torch.no_grad():
+            unit = actor(torch.as_tensor(obs[None]))
+        assert np.allclose(agent.model.policy.unscale_action(unit.numpy()), action[None])
+        assert confidence == pytest.approx(_erf_measure(unit, torch.full_like(unit, sigma)))
+        confs.append(confidence)
+    assert all(0.0 <= c < 1.0 for c in confs) and len(set(confs)) > 1
+    # Pushed towards a bound, the same actor is surer; at the centre it has no confidence.
+    last = actor.mu[-2]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(5.0)
+    assert agent.act_with_confidence(pendulum_obs(1)[0])[1] > 0.99
+    with torch.no_grad():
+        last.bias.fill_(0.0)
+    assert agent.act_with_confidence(pendulum_obs(1)[0])[1] == 0.0
+
+
+@pytest.mark.parametrize("algo", ["SAC", "TQC"])
+def test_sac_family_confidence_from_the_gaussian_std(algo: str) -> None:
+    agent = SB3Agent(
+        algo,
+        env=gym.make("Pendulum-v1"),
+        policy_kwargs={"net_arch": [8]},
+        algo_kwargs=OFF_POLICY_KW,
+    )
+    actor = agent.model.policy.actor
+    obs = pendulum_obs(1)[0]
+    action, confidence = agent.act_with_confidence(obs)
+    assert np.array_equal(action, agent.act(obs))
+    with torch.no_grad():
+        mean, log_std, _ = actor.get_action_dist_params(torch.as_tensor(obs[None]))
+    assert confidence == pytest.approx(_erf_measure(mean, log_std.exp()))
+    with torch.no_grad():
+        actor.log_std.bias.fill_(1.5)  # wider policy, same mean
+    _, wide = agent.act_with_confidence(obs)
+    with torch.no_grad():
+        actor.log_std.bias.fill_(-4.0)
+    _, narrow = agent.act_with_confidence(obs)
+    assert wide < narrow
+
+
+def test_maskable_ppo_confidence_uses_the_masked_distribution() -> None:
+    env = MaskedChainEnv()
+    agent = SB3Agent("MaskablePPO", env=env, policy_kwargs={"net_arch": [8]}, algo_kwargs=PPO_KW)
+    obs, _ = env.reset(seed=0)
+    masks = env.action_masks()  # [False, True, False]: only "right" is allowed at the wall
+    action, confidence = agent.act_with_confidence(obs, action_masks=masks)
+    assert int(action) == 1 and confidence == pytest.approx(1.0)
+    _, unmasked = agent.act_with_confidence(obs)
+    assert unmasked < 1.0
+
+
+def test_recurrent_ppo_confidence_carries_the_lstm_state() -> None:
+    agent = SB3Agent(
+        "RecurrentPPO",
+        env=gym.make("CartPole-v1"),
+        policy_kwargs={"net_arch": [8], "lstm_hidden_size": 8},
+        algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1},
+    )
+    with torch.no_grad():  # a policy whose output depends visibly on the LSTM state
+        for p in agent.model.policy.parameters():
+            p.mul_(8.0)
+    obs = cartpole_obs(6)
+    policy = agent.model.policy
+    expected_actions = [int(agent.act(o)) for o in obs]
+    agent.reset_state()
+    state, got = None, []
+    for i, o in enumerate(obs):
+        action, confidence = agent.act_with_confidence(o)
+        assert int(action) == expected_actions[i]
+        # The distribution at the state before this observation, advanced by hand.
+        with torch.no_grad():
+            shape = policy.lstm_hidden_state_shape
+            h = torch.zeros(shape) if state is None else state[0]
+            c = torch.zeros(shape) if state is None else state[1]
+            dist, state = policy.get_distribution(
+                torch.as_tensor(o[None]), (h, c), torch.tensor([float(i == 0)])
+            )
+        assert confidence == pytest.approx(float(dist.distribution.probs[0, int(action)]))
+        got.append(confidence)
+    # Same observation, different history: the confidence is not a function of obs alone.
+    agent.reset_state()
+    fresh = agent.act_with_confidence(obs[-1])[1]
+    assert fresh != pytest.approx(got[-1])
+    agent.reset_state()
+    assert [agent.act_with_confidence(o)[1] for o in obs] == pytest.approx(got)

@@ -250,6 +250,9 @@ class ArbitrageRunner:
         """
         cfg = self.cfg
         rows = cfg.gas_window + 1
+        policy_reset = getattr(self.policy, "reset", None)
+        if callable(policy_reset):
+            policy_reset()  # a recurrent policy's state restarts from zeros
         if predictors:
             for source in self.predictors.values():
                 source.reset()

@@ -306,7 +306,11 @@ class PolicyRunner:
 
     # --- state ---------------------------------------------------------------------------------
     def reset(self, initial_cash: float | None = None) -> None:
-        """Forget all history and start a flat book (features warm up again)."""
+        """Forget all history and start a flat book (features warm up again; a recurrent
+        policy's state restarts from zeros)."""
+        policy_reset = getattr(self.policy, "reset", None)
+        if callable(policy_reset):
+            policy_reset()
         if initial_cash is not None:
             self.initial_cash = float(initial_cash)
         n = self.n_assets

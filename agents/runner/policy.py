@@ -5,14 +5,15 @@
   sampled pre-tanh action has the sign of the mean, rescaled to ``[0, 1]``:
   ``2 * Phi(mean_i(|mu_i| / sigma_i)) - 1``: 0 when the policy is as likely to go either way,
   near 1 when the mean is many standard deviations from zero.
-* SB3 actor-critic policies (PPO, A2C; not recurrent or maskable): ``act`` (SB3's ``predict``,
-  so the action is exactly the agent's) and the confidence from the same observation's
-  ``policy.get_distribution``: discrete (Categorical) -> the probability of the chosen action;
-  continuous (diagonal Gaussian, possibly squashed) -> ``2 * Phi(mean_i(|mu_i| / sigma_i)) - 1``
-  on the Gaussian's mean and std, the same sign-agreement measure as SAC's.
-* SB3 SAC: the actor's mean and log-std (``actor.get_action_dist_params``), same measure.
-* Anything else (our MBPO/PETS planners, SB3 DQN/TD3, recurrent or maskable SB3 policies):
-  ``act`` with confidence 1 (no distribution exposed).
+* Every SB3 / sb3-contrib algorithm: ``SB3Agent.act_with_confidence`` (the action is exactly
+  ``act``'s, RecurrentPPO's LSTM state carried from snapshot to snapshot): probability of the
+  chosen action (PPO, A2C, MaskablePPO, RecurrentPPO discrete), the sign-agreement measure above
+  on the Gaussian (PPO/A2C/RecurrentPPO continuous, SAC, TQC), ``softmax(Q)`` of the chosen
+  action (DQN; QRDQN on quantile means), and for the deterministic TD3/DDPG the sign measure of
+  the unit action against TD3's fixed target-policy noise (see
+  ``agents.sb3_adapter.policy_confidence``).
+* Anything else (our MBPO/PETS planners): ``act`` with confidence 1 (no distribution exposed;
+  the runner's confidence threshold does not apply to them).
 """
 
 from __future__ import annotations
@@ -51,29 +52,6 @@ def _plain_mlp_layers(net: Any) -> list[tuple[str, Any, Any]] | None:
     return layers
 
 
-def _sign_confidence(mean: torch.Tensor, std: torch.Tensor) -> float:
-    """``2 * Phi(z) - 1`` with ``z = mean_i(|mu_i| / sigma_i)``: the probability mass on the
-    mean's side of zero, rescaled to ``[0, 1]``."""
-    z = (mean.abs() / std.clamp_min(1e-12)).mean().item()
-    return float(math.erf(z / math.sqrt(2.0)))
-
-
-def _sb3_confidence_kind(agent: Any) -> str | None:
-    """``distribution`` / ``sac_actor`` when an SB3 agent exposes its action distribution."""
-    model = getattr(agent, "model", None)
-    policy = getattr(model, "policy", None)
-    if policy is None or type(agent).__name__ != "SB3Agent":
-        return None
-    if getattr(agent, "is_recurrent", False) or getattr(agent, "uses_action_masks", False):
-        return None
-    if hasattr(policy, "get_distribution"):
-        return "distribution"
-    actor = getattr(policy, "actor", None)
-    if actor is not None and hasattr(actor, "get_action_dist_params"):
-        return "sac_actor"
-    return None
-
-
 class PolicyAdapter:
     """One forward pass per decision: ``decide(obs) -> (action, confidence)``.
 
@@ -85,6 +63,7 @@ class PolicyAdapter:
         self.agent = agent
         from agents.qlearning import QLearningAgent
         from agents.sac import SAC
+        from agents.sb3_adapter import SB3Agent
 
         self._layers: list[tuple[str, Any, Any]] | None = None
         if isinstance(agent, SAC) and not agent.config.compile:
@@ -92,7 +71,7 @@ class PolicyAdapter:
             self._layers = _plain_mlp_layers(agent.actor.net)
         elif isinstance(agent, QLearningAgent):
             self._decide = self._qlearning
-        elif _sb3_confidence_kind(agent) is not None:
+        elif isinstance(agent, SB3Agent):
             self._decide = self._sb3
         else:
             self._decide = self._plain
@@ -109,22 +88,14 @@ class PolicyAdapter:
         return np.asarray(action), float(confidence)
 
     def _sb3(self, obs: Any) -> tuple[np.ndarray, float]:
-        agent = self.agent
-        action = np.asarray(agent.act(obs, deterministic=True))
-        policy = agent.model.policy
-        with torch.inference_mode():
-            tensor, _ = policy.obs_to_tensor(obs)
-            if _sb3_confidence_kind(agent) == "sac_actor":
-                mean, log_std, _ = policy.actor.get_action_dist_params(tensor)
-                return action, _sign_confidence(mean, log_std.exp())
-            dist = policy.get_distribution(tensor).distribution
-            if isinstance(dist, torch.distributions.Categorical):
-                chosen = torch.as_tensor(action, device=dist.probs.device).reshape(-1)
-                prob = dist.probs.reshape(-1, dist.probs.shape[-1])[0, chosen[0].long()]
-                return action, float(prob.item())
-            if isinstance(dist, torch.distributions.Normal):
-                return action, _sign_confidence(dist.mean, dist.stddev)
-        return action, 1.0
+        action, confidence = self.agent.act_with_confidence(obs)
+        return action, float(confidence)
+
+    def reset(self) -> None:
+        """Start a new episode: RecurrentPPO's LSTM state back to zeros (no-op otherwise)."""
+        reset_state = getattr(self.agent, "reset_state", None)
+        if callable(reset_state):
+            reset_state()
 
     def _sac(self, obs: Any) -> tuple[np.ndarray, float]:
         agent = self.agent
