@@ -186,8 +186,23 @@ def run_pets(seed: int, cap: int, every: int) -> dict[str, Any]:
         return agent.act(obs, True)
 
     tracker = Tracker("pets (ours, CEM)", act, every)
+    planned = {"n": 0, "seconds": 0.0}
+    plan = agent.plan_unit_action
+
+    def timed_plan(flat_obs: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = plan(flat_obs)
+        if agent.model_fits:
+            planned["n"] += 1
+            planned["seconds"] += time.perf_counter() - start
+        return out
+
+    agent.plan_unit_action = timed_plan  # type: ignore[method-assign]
     agent.learn(env, cap, callback=tracker)
-    return tracker.result(cap)
+    result = tracker.result(cap)
+    result["seed"] = seed
+    result["seconds_per_planned_action"] = planned["seconds"] / max(planned["n"], 1)
+    return result
 
 
 def run_sac(seed: int, cap: int, every: int) -> dict[str, Any]:
@@ -198,7 +213,9 @@ def run_sac(seed: int, cap: int, every: int) -> dict[str, Any]:
     agent = SAC(env.observation_space, env.action_space, config)
     tracker = Tracker("sac (ours, lr 1e-3)", lambda o: agent.act(o, True), every)
     agent.learn(env, cap, callback=tracker)
-    return tracker.result(cap)
+    result = tracker.result(cap)
+    result["seed"] = seed
+    return result
 
 
 def run_sb3_sac(seed: int, cap: int, every: int) -> dict[str, Any]:
@@ -214,30 +231,35 @@ def run_sb3_sac(seed: int, cap: int, every: int) -> dict[str, Any]:
             return tracker(self.num_timesteps)
 
     model.learn(cap, callback=_Hook())
-    return tracker.result(cap)
+    result = tracker.result(cap)
+    result["seed"] = seed
+    return result
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
     """One line per agent, then the ratio the issue asks about."""
     print(f"\nReal env steps to a deterministic eval return >= {TARGET:.0f} on {ENV_ID}")
     print(f"(eval: {EVAL_EPISODES} episodes, fixed seeds)\n")
-    print(f"{'agent':32s} {'steps':>22s} {'best eval (at step)':>22s} {'wall s':>8s}")
+    print(f"{'agent':44s} {'seed':>4s} {'steps':>22s} {'best eval (at step)':>22s} {'wall s':>8s}")
     for r in results:
         steps = str(r["steps"]) if r["steps"] is not None else f"not reached (cap {r['cap']})"
         best = f"{r['best_return']:.1f} ({r['best_step']})"
-        print(f"{r['agent']:32s} {steps:>22s} {best:>22s} {r['seconds']:8.0f}")
+        seed = str(r.get("seed", "?"))
+        print(f"{r['agent']:44s} {seed:>4s} {steps:>22s} {best:>22s} {r['seconds']:8.0f}")
+        if "seconds_per_planned_action" in r:
+            print(f"{'':44s} planning: {r['seconds_per_planned_action']:.2f} s per action")
     model_based = [r for r in results if r["agent"].startswith(("mbpo", "pets"))]
     baselines = [r for r in results if r["agent"].startswith(("sac", "sb3"))]
     for mb in model_based:
         for base in baselines:
-            if mb["steps"] is None:
+            if mb["steps"] is None or base.get("seed") != mb.get("seed"):
                 continue
             name = base["agent"].split(" (")[0]
             if base["steps"] is None:
                 ratio = f"> {base['cap'] / mb['steps']:.1f}"
             else:
                 ratio = f"{base['steps'] / mb['steps']:.1f}"
-            print(f"{mb['agent']}: {ratio}x fewer real steps than {name}")
+            print(f"{mb['agent']} seed {mb.get('seed')}: {ratio}x fewer real steps than {name}")
 
 
 def main() -> None:
