@@ -1,9 +1,14 @@
-"""Hyperparameter search with Optuna, driven directly (no Hydra sweeper plugin).
+"""Hyperparameter search with Optuna, driven directly (``scripts/tune_agent.py``).
 
-``hydra-optuna-sweeper`` pins ``optuna<3`` (see DOMAIN.md: Dependency facts), so the search is a
-plain Optuna study: each trial copies the composed Hydra config, sets the sampled values at their
-dotted paths, trains with ``agents.trainer.train`` in its own sub-directory, and returns the best
-validation score. Validation evaluations are reported to Optuna's median pruner, so hopeless
+``hydra-optuna-sweeper`` pins ``optuna<3`` (see DOMAIN.md: Dependency facts). Two searches share
+the ``search_space`` format below and ``suggest``: our own Hydra sweeper
+(``train_agent.py -m hydra/sweeper=optuna``, ``hydra_plugins/marketrl_optuna_sweeper``: one
+Hydra job per trial, any launcher, no pruning) and this module, a plain Optuna study in one
+process, which can prune because it sees every validation evaluation.
+
+Here each trial copies the composed Hydra config, sets the sampled values at their dotted paths,
+trains with ``agents.trainer.train`` in its own sub-directory, and returns the best validation
+score. Validation evaluations are reported to Optuna's median pruner, so hopeless
 trials stop early. The search space lives in the agent config (``search_space``), one entry per
 dotted config path::
 

@@ -167,8 +167,10 @@ class OptunaSweeperImpl(Sweeper):
         summary = self._summary(study, sweep_dir)
         atomic_write_text(sweep_dir / RESULTS_FILE, yaml.safe_dump(summary, sort_keys=False))
         if summary["best_value"] is None:
+            first_error = next((t["error"] for t in summary["trials"] if t["error"]), None)
             raise ConfigError(
-                f"hydra/sweeper=optuna: no trial completed; see {sweep_dir / RESULTS_FILE}"
+                f"hydra/sweeper=optuna: no trial completed (first error: {first_error}); "
+                f"every trial is in {sweep_dir / RESULTS_FILE}"
             )
         log.info(f"Best parameters: {summary['best_params']}")
         log.info(f"Best value: {summary['best_value']}")
