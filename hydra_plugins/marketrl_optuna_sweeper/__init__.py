@@ -34,7 +34,9 @@ Configuration (``hydra.sweeper.*``, see ``config.py``):
   step)`` -> int or float with that step; ``shuffle(...)`` -> categorical.
 - Sweeps on the command line (``agent.params.tau=interval(0.002,0.02)``, ``seed=0,1``) are search
   dimensions too, and plain command-line values are fixed for every trial; a key given in both
-  places takes the command-line form.
+  places takes the command-line form. (Adding to ``params`` from the command line needs ``+`` and
+  quotes, ``'+hydra.sweeper.params.agent.params.tau="interval(0.002,0.02)"'``, because Hydra
+  refuses sweeps over its own config; the plain sweep override above is simpler.)
 - When neither ``params`` nor the command line holds a sweep, the search space is the composed
   agent config's ``search_space`` (``configs/agent/<name>.yaml``), the spec format
   ``scripts/tune_agent.py`` reads, drawn with the same ``agents.tuning.suggest``. Paths fixed on
