@@ -453,13 +453,19 @@ class MBPO(Learner):
     # ----------------------------------------------------------------------------- persistence
 
     def _header(self, kind: str) -> dict[str, Any]:
-        return {
+        header = {
             "format": kind,
             "version": _FORMAT_VERSION,
             "config": asdict(self.config),
             "observation_space": space_to_dict(self.observation_space),
             "action_space": space_to_dict(self.action_space),
         }
+        # A trading-aware model's accounting is code plus plain parameters: store the
+        # parameters so ``load`` can rebuild the model without the env.
+        spec = getattr(getattr(self.dynamics, "known_dynamics", None), "spec", None)
+        if spec is not None and hasattr(spec, "to_dict"):
+            header["market_accounting"] = spec.to_dict()
+        return header
 
     def save(self, path: str | Path) -> None:
         """Write what acting needs: config, spaces, SAC's actor and the model (atomic, no code)."""
@@ -478,7 +484,9 @@ class MBPO(Learner):
             path: the file.
             device: where to put the networks.
             dynamics: the same kind of custom model the agent was trained with, if any (its
-                known accounting function is code, so it is not stored in the file).
+                known accounting function is code, so it is not stored in the file). Not
+                needed for ``trading_aware`` agents: their accounting parameters are stored and
+                the model is rebuilt from them.
         """
         state = safe_torch_load(path, "cpu")
         formats = (_POLICY_FORMAT, _CHECKPOINT_FORMAT)
@@ -486,6 +494,17 @@ class MBPO(Learner):
             got = state.get("format") if isinstance(state, dict) else type(state).__name__
             raise CheckpointError(f"checkpoint {path}: format {got!r}, expected one of {formats}")
         config = MBPOConfig.from_dict({**state["config"], "device": device})
+        if dynamics is None and config.trading_aware and "market_accounting" in state:
+            from envs.market_accounting import MarketAccountingSpec
+            from world_models.trading import market_dynamics_from_spec
+
+            spec = MarketAccountingSpec.from_dict(state["market_accounting"])
+            action_dim = int(np.prod(space_from_dict(state["action_space"]).shape))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed + 1)
+                dynamics = market_dynamics_from_spec(
+                    spec, action_dim, config.ensemble_config(), config.train_config()
+                )
         agent = cls(
             space_from_dict(state["observation_space"]),
             space_from_dict(state["action_space"]),

@@ -8,11 +8,14 @@ seeds); the first step count whose mean return is >= -200 is reported. Each agen
 "not reached" with its best eval return. The issue's goal: MBPO at most 5,000 real steps and at
 least 3x fewer than SAC.
 
-Defaults of our MBPO here: SAC lr 1e-3 (as our SAC and SB3's in this table), 20 SAC updates
-per real step (MBPO), 5% real data, a 7-member [200, 200, 200] ensemble refitted every 250 steps
-after 400 random steps, 2,000 one-step branched rollouts per fit (MBPO's schedule also starts
-at length 1; longer rollouts were not tried here). PETS is optional: on a shared CPU its
-planning makes every eval episode cost minutes.
+MBPO's settings (:func:`mbpo_bench_config`) are taken from Janner et al. 2019 and mbrl-lib's
+MBPO configs, not tuned on these seeds: a fit every 250 steps, 100,000 one-step branched
+rollouts per fit, the model buffer holding one fit's rollouts, 5% real data, 20 SAC updates per
+real step, SAC lr 3e-4. PETS (CEM, the ``agent=pets`` default planner; horizon 20, population
+200, 4 iterations, 1 particle, expectation propagation, lighter than ``configs/agent/pets.yaml``
+so a CPU can plan at all) plans every action through the ensemble; its row also prints the
+measured seconds per planned action, because on a shared CPU a 5-episode eval (1,000 planned
+actions) takes many minutes and the step cap may be what ends its run.
 
 The agents can be run as separate processes (``--agents mbpo --out-json a.json`` ...) and the
 results printed together with ``--combine a.json b.json ...``. Wall times depend on the machine

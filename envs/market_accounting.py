@@ -110,6 +110,27 @@ class MarketAccountingSpec:
     portfolio_clip: float = PORTFOLIO_CLIP
     auxiliary: tuple[str, ...] = AUXILIARY_COLUMNS
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (for checkpoints); :meth:`from_dict` inverts it."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MarketAccountingSpec:
+        """Rebuild from :meth:`to_dict` output (lists become tuples).
+
+        Raises:
+            ConfigError: unknown or missing fields.
+        """
+        known = set(cls.__dataclass_fields__)
+        if set(values) - known:
+            raise ConfigError(
+                f"market accounting spec: unknown fields {sorted(set(values) - known)}"
+            )
+        try:
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        except TypeError as exc:
+            raise ConfigError(f"market accounting spec: {exc}") from exc
+
     @property
     def portfolio(self) -> slice:
         """Flat columns of the portfolio block."""

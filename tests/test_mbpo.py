@@ -177,7 +177,7 @@ def _market_env():
     )
 
 
-def test_trading_aware_mbpo_runs_on_market_trading() -> None:
+def test_trading_aware_mbpo_runs_on_market_trading(tmp_path: Path) -> None:
     from envs.market_accounting import accounting_spec
 
     env = _market_env()
@@ -207,4 +207,14 @@ def test_trading_aware_mbpo_runs_on_market_trading() -> None:
     torch.testing.assert_close(port[:, 0] + port[:, 1], torch.ones(n), rtol=0, atol=1e-5)
     actions = agent.model_buffer.actions[:n, 0]
     torch.testing.assert_close(port[:, 4], actions, rtol=0, atol=1e-6)
-    assert agent.act(env.reset(seed=1)[0]).shape == (1,)
+    obs = env.reset(seed=1)[0]
+    assert agent.act(obs).shape == (1,)
+    # The accounting parameters travel in the files: loading needs no env.
+    agent.save(tmp_path / "policy.pt")
+    agent.save_checkpoint(tmp_path / "ckpt.pt", include_buffer=True)
+    for name in ("policy.pt", "ckpt.pt"):
+        loaded = MBPO.load(tmp_path / name, device="cpu")
+        assert loaded.config.trading_aware and loaded.n_auxiliary == 3
+        np.testing.assert_array_equal(loaded.act(obs), agent.act(obs))
+        assert loaded.dynamics.known_dynamics.spec == spec
+    np.testing.assert_array_equal(loaded.auxiliary, agent.auxiliary)

@@ -12,6 +12,7 @@ from world_models.trading import (
     MarketAccounting,
     StateSplit,
     TradingAwareDynamics,
+    market_dynamics_from_spec,
     market_trading_dynamics,
 )
 from world_models.training import EnsembleTrainConfig, FitResult, train_ensemble
@@ -33,6 +34,7 @@ __all__ = [
     "TerminationFn",
     "TradingAwareDynamics",
     "gaussian_nll",
+    "market_dynamics_from_spec",
     "market_trading_dynamics",
     "train_ensemble",
 ]

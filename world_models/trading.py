@@ -45,6 +45,7 @@ __all__ = [
     "MarketAccounting",
     "StateSplit",
     "TradingAwareDynamics",
+    "market_dynamics_from_spec",
     "market_trading_dynamics",
 ]
 
@@ -290,7 +291,9 @@ class MarketAccounting:
         aux = next_exogenous[..., n_exo:].to(f64)
         price = torch.exp(aux[..., 0])  # next open / close_t
         close = torch.exp(aux[..., 1])  # next close / close_t
-        impact_scale = aux[..., 2]
+        # A sampled prediction may dip below 0; the true scale never does (a negative cost
+        # would pay the agent for trading).
+        impact_scale = torch.clamp(aux[..., 2], min=0.0)
 
         # Action mapping: SAC.scale_action (to the Box, float32), then continuous_to_target.
         low = spec.action_low
@@ -390,9 +393,18 @@ def market_trading_dynamics(
         ConfigError: for env settings the accounting does not support (see
             ``envs.market_accounting``).
     """
-    spec = accounting_spec(env)
-    split = StateSplit(obs_dim=spec.obs_dim, exogenous=spec.exogenous)
     action_dim = int(math.prod(env.action_space.shape))
+    return market_dynamics_from_spec(accounting_spec(env), action_dim, config, train_config)
+
+
+def market_dynamics_from_spec(
+    spec: MarketAccountingSpec,
+    action_dim: int,
+    config: EnsembleConfig | None = None,
+    train_config: EnsembleTrainConfig | None = None,
+) -> TradingAwareDynamics:
+    """:func:`market_trading_dynamics` from a stored spec (no env needed, e.g. when loading)."""
+    split = StateSplit(obs_dim=spec.obs_dim, exogenous=spec.exogenous)
     return TradingAwareDynamics(
         split,
         MarketAccounting(spec),
