@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from agents.backtest import load_replay_data, paper_trade, paper_trade_arbitrage
-from agents.runner import PolicyRunner
+from agents.runner import PolicyRunner, prepare_bot_loop
 from agents.runner.snapshot_feed import load_snapshot_csv
 from envs.errors import ConfigError, DataError
 
@@ -43,6 +43,7 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     journal = Path(cfg.journal) if cfg.journal else Path(str(cfg.run)) / "paper_journal.csv"
+    prepare_bot_loop()  # gc.freeze() of the loaded run, one torch thread (agents/runner/loop.py)
     if arbitrage:
         totals = paper_trade_arbitrage(
             runner,

@@ -332,3 +332,18 @@ def test_runner_confidence_for_other_sb3_algorithms(algo: str, mode: str) -> Non
     adapter.reset()
     again = [adapter.decide(o) for o in observations]
     assert [(np.asarray(a).tolist(), c) for a, c in again] == decisions
+
+
+def test_prepare_bot_loop_freezes_what_is_loaded() -> None:
+    import gc
+
+    from agents.runner import prepare_bot_loop
+
+    threads = torch.get_num_threads()
+    try:
+        settled = prepare_bot_loop(torch_threads=1)
+        assert settled["frozen_objects"] == gc.get_freeze_count() > 1000
+        assert settled["full_collection_ms"] >= 0.0 and torch.get_num_threads() == 1
+    finally:
+        gc.unfreeze()
+        torch.set_num_threads(threads)

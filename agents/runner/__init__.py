@@ -2,6 +2,7 @@
 
 from agents.runner.arbitrage import ArbitrageRunner, SnapshotGuards
 from agents.runner.limits import BarGuards, RiskLimits
+from agents.runner.loop import prepare_bot_loop
 from agents.runner.market import PolicyRunner
 from agents.signals import BUY, HOLD, SELL, Fill, SignalLeg, TradeSignal
 
@@ -17,4 +18,5 @@ __all__ = [
     "SignalLeg",
     "SnapshotGuards",
     "TradeSignal",
+    "prepare_bot_loop",
 ]
