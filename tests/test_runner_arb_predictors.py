@@ -4,10 +4,13 @@ held-out rows of the run's fixed scenario."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_runner_arbitrage import _train_arb  # tests/ is on sys.path (rootdir-relative)
 
 from agents.backtest import (
@@ -19,7 +22,7 @@ from agents.backtest import (
 from agents.predictor_blocks import arbitrage_scenario
 from agents.runner import ArbitrageRunner, PolicyRunner
 from agents.runner.arb_predictors import OnlineDefiPredictor, feature_lookback
-from envs.arbitrage_env import ArbitrageEnv
+from envs.arbitrage_env import ArbitrageEnv, build_config
 from envs.errors import DataError
 from predictors.base import load_predictor
 from predictors.provider import WalkForwardProvider
@@ -162,3 +165,110 @@ def test_missing_predictor_files_are_data_errors(gas_run: Path, tmp_path: Path) 
     shutil.rmtree(copy / "predictors" / "gas")
     with pytest.raises(DataError, match="gas"):
         PolicyRunner.from_run(copy, device="cpu")
+
+
+def test_liquidity_predictor_reads_pool_reserves_and_volumes() -> None:
+    """A liquidity block (inputs ``defi_liquidity``): rows from the snapshot's pool reserves and
+    ``volumes``; a snapshot without volumes is held with a reason naming the field."""
+    from test_runner_arbitrage import FixedPolicy, _snap
+
+    from agents.runner.arbitrage import ArbitrageRunner
+    from envs.arbitrage_env import build_config
+    from predictors.base import SeriesData
+    from predictors.liquidity import LiquidityPredictor
+
+    rng = np.random.default_rng(0)
+    n = 400
+    x = 10_000.0 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    y = x * 2_540.0
+    vol = np.abs(rng.normal(0, 5e4, n))
+    pred = LiquidityPredictor(window=8, horizons=[1, 4], hidden_size=8, max_epochs=1, seed=0)
+    series = pred.prepare(x, y, vol)
+    pred.fit(
+        SeriesData(series.features, series.targets),
+        feature_names=series.feature_names,
+        target_names=series.target_names,
+    )
+    source = OnlineDefiPredictor(pred, "liquidity", "defi_liquidity", {"pool": 0}, update_every=8)
+    assert source.lookback == feature_lookback(pred) == pred.config.feature_window + 1
+    runner = ArbitrageRunner(
+        policy=FixedPolicy([0.0, 0.0]),
+        cfg=build_config("cex_dex"),
+        flatten=True,
+        predictors={"pred_liquidity": source},
+    )
+    held = runner.on_snapshot(_snap(timestamp=0, block=0))
+    assert held.is_hold and "volumes" in held.reason
+    for t in range(source.warmup + runner.cfg.gas_window + 2):
+        sig = runner.on_snapshot(
+            _snap(
+                timestamp=(t + 1) * 12_000_000_000,
+                block=t + 1,
+                reserves=[[x[t], y[t]]],
+                volumes=[vol[t]],
+            )
+        )
+    assert runner.predictor_warmup == 0 and source.updates + int(source.update_pending) > 0
+    assert not sig.reason.startswith("warming up"), sig.reason
+    flat = runner.last_observation
+    block = flat[runner.builder.flat_slices["pred_liquidity"]]
+    assert block[-1] == 1.0 and np.all(np.isfinite(block))
+
+
+@pytest.fixture(scope="module")
+def small_gas() -> object:
+    """A tiny gas predictor fitted in memory (window 8, horizons 1 and 4)."""
+    from predictors.base import SeriesData
+    from predictors.gas import GasPricePredictor
+
+    fee = 20.0 * np.exp(np.cumsum(np.random.default_rng(1).normal(0, 0.05, 300)))
+    pred = GasPricePredictor(window=8, horizons=[1, 4], hidden_size=8, max_epochs=1, seed=0)
+    series = pred.prepare(fee)
+    pred.fit(SeriesData(series.features, series.targets))
+    return pred
+
+
+finite_or_bad = st.one_of(st.floats(1, 200), st.sampled_from([0.0, -3.0, math.nan, math.inf]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.integers(-1, 2), finite_or_bad, st.floats(2000, 3000)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_random_streams_with_a_gas_block_never_raise(small_gas: object, stream: list) -> None:
+    """Duplicated, reordered, gapped snapshots and bad base fees around a predictor block: no
+    internal error, bad rows not ingested (the predictor sees only accepted rows), HOLDs have
+    reasons, and every block value the policy sees is finite."""
+    from test_runner_arbitrage import FixedPolicy, _snap
+
+    source = OnlineDefiPredictor(small_gas, "gas", "defi_gas", update_every=3, lookback=4)
+    runner = ArbitrageRunner(
+        policy=FixedPolicy([0.3, 0.1]),
+        cfg=build_config(gas_window=2),
+        flatten=True,
+        predictors={"pred_gas": source},
+    )
+    block = 0
+    for step, fee, price in stream:
+        block += step
+        seen = runner.snapshots_seen
+        sig = runner.on_snapshot(
+            _snap(
+                timestamp=block,
+                block=block,
+                ref_price=price,
+                base_fee=fee,
+                reserves=[[1000.0, 1000.0 * price * 1.004]],
+            )
+        )
+        runner.maintain()
+        assert sig.reason and "internal error" not in sig.reason, sig.reason
+        assert source.rows_seen == runner.snapshots_seen
+        if not (math.isfinite(fee) and fee > 0):
+            assert runner.snapshots_seen == seen and sig.is_hold
+        if runner.last_observation is not None:
+            assert np.all(np.isfinite(runner.last_observation))
