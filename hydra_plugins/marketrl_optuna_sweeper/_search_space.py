@@ -7,6 +7,7 @@ The leading underscore keeps Hydra's plugin scan (which imports every public mod
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,9 @@ def format_value(key: str, value: Any) -> str:
     if isinstance(value, str):
         escaped = value.replace("\\", "\\\\").replace("'", "\\'")
         candidates.append(f"'{escaped}'")
+        # Hydra's quoted strings treat a backslash as an escape only before a quote or at the
+        # end of the string: double just those runs, escape the quotes, keep the rest as is.
+        candidates.append("'" + _QUOTE_RUN.sub(_escape_run, value) + "'")
     for text in candidates:
         try:
             back = parser.parse_overrides([f"k={text}"])[0].value()
@@ -86,6 +90,13 @@ def format_value(key: str, value: Any) -> str:
         if type(back) is type(value) and (back == value or _both_nan(back, value)):
             return text
     raise ConfigError(f"hydra.sweeper: value {value!r} of {key!r} has no override spelling")
+
+
+_QUOTE_RUN = re.compile(r"(\\*)('|$)")
+
+
+def _escape_run(match: re.Match[str]) -> str:
+    return match.group(1) * 2 + ("\\'" if match.group(2) else "")
 
 
 def _both_nan(a: Any, b: Any) -> bool:
