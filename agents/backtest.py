@@ -680,6 +680,7 @@ def run_arbitrage_backtest(
     for seed in seeds:
         env.reset(seed=seed)
         scen, state = copy.deepcopy(env.scenario_batch), copy.deepcopy(env.state)
+        state0 = copy.deepcopy(env.state)  # for the oracle replay of this episode
         runner.reset()
         if history is not None:
             full, lo = history["scenario"], history["lo"]
@@ -709,7 +710,9 @@ def run_arbitrage_backtest(
             profit.append(profit[-1] + float(res.profit[0]))
             if bool(res.truncated[0]):
                 break
-        episodes.append(episode_summary({k: v[0] for k, v in state.cum.items()}))
+        # The env's evaluation figure: the oracle policy replayed over the same episode.
+        oracle = float(core.oracle_run_profit(cfg, state0, scen, length)[0])
+        episodes.append(episode_summary({k: v[0] for k, v in state.cum.items()}, oracle))
         curves.append(np.asarray(profit))
     name = str(getattr(runner, "config", {}).get("agent", {}).get("name", "policy"))
     metrics = {name: _arb_totals(episodes)}

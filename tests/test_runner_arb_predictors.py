@@ -130,6 +130,10 @@ def test_gas_run_observations_and_actions_equal_the_env(gas_run: Path) -> None:
     got = [e["total_profit"] for e in result.episodes]
     np.testing.assert_allclose(got, profits, rtol=1e-6, atol=1e-6)
     assert result.metrics["oracle"]["share_of_oracle"] == pytest.approx(1.0, abs=1e-6)
+    name = runner.config["agent"]["name"]
+    assert result.metrics[name]["oracle_profit"] == pytest.approx(
+        result.metrics["oracle"]["oracle_profit"], rel=1e-9
+    )
 
 
 def test_gas_run_holds_until_predictors_are_warm(gas_run: Path) -> None:

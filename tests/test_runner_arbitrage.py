@@ -113,6 +113,11 @@ def test_observations_bit_identical_and_backtest_equals_env(
     assert [e["total_profit"] for e in result.episodes] == profits
     assert set(result.metrics) == {runner.config["agent"]["name"], "threshold", "oracle"}
     assert result.metrics["oracle"]["share_of_oracle"] == pytest.approx(1.0, abs=1e-6)
+    # The runner's episodes are scored against the same oracle replay as the baselines.
+    name = runner.config["agent"]["name"]
+    assert result.metrics[name]["oracle_profit"] == pytest.approx(
+        result.metrics["oracle"]["oracle_profit"], rel=1e-9
+    )
     assert len(result.profit_curves) == 2 and result.profit_curves[0][-1] == pytest.approx(
         profits[0]
     )
