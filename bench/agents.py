@@ -6,8 +6,13 @@ SAC section: both learners train ``--steps`` (default 20k) env steps on Pendulum
 defaults except learning rate 1e-3 (DOMAIN.md: SB3 SAC at lr 1e-3 reaches about -150 in 20k
 steps), with the same seeds, in the same process, one after the other per seed so they share
 the machine's load. Each policy is evaluated deterministically on 10 episodes (seeds
-1000..1009). Wall-clock covers ``learn`` only. Goal: equal or better return and our SAC at least
-2x faster than SB3's.
+1000..1009). Wall-clock covers ``learn`` only (it would include any ``torch.compile`` time).
+Goal: equal or better return and our SAC at least 2x faster than SB3's, at the same arithmetic:
+same networks, batch, update-to-data ratio, learning rate and update order on both sides.
+
+Our SAC runs its default update, hand-written backward passes (``agents/sac_explicit.py``);
+``--autograd`` runs our autograd reference update instead (``explicit_gradients=False``) and
+``--compile`` the autograd update with ``torch.compile``d forward passes, for comparison.
 
 Threads: the networks are tiny ([256, 256], batch 256), so ``torch.set_num_threads(1)``
 (``--threads``, applied to both learners) avoids thread oversubscription, which on a shared
@@ -57,13 +62,16 @@ def _evaluate(act, episodes: int = EVAL_EPISODES, seed: int = EVAL_SEED) -> tupl
     return float(np.mean(returns)), float(np.std(returns))
 
 
-def _run_ours(steps: int, seed: int, compile_nets: bool) -> dict[str, float]:
+def _run_ours(steps: int, seed: int, compile_nets: bool, autograd: bool) -> dict[str, float]:
     env = gym.make(ENV_ID)
-    agent = SAC(
-        env.observation_space,
-        env.action_space,
-        SACConfig(learning_rate=LEARNING_RATE, seed=seed, device="cpu", compile=compile_nets),
+    config = SACConfig(
+        learning_rate=LEARNING_RATE,
+        seed=seed,
+        device="cpu",
+        compile=compile_nets,
+        explicit_gradients=not autograd,
     )
+    agent = SAC(env.observation_space, env.action_space, config)
     start = time.perf_counter()
     agent.learn(env, steps)
     seconds = time.perf_counter() - start
@@ -85,19 +93,23 @@ def _run_sb3(steps: int, seed: int) -> dict[str, float]:
 
 
 def bench_sac(
-    steps: int = 20_000, seeds: tuple[int, ...] = (0,), compile_nets: bool = False
+    steps: int = 20_000,
+    seeds: tuple[int, ...] = (0,),
+    compile_nets: bool = False,
+    autograd: bool = False,
 ) -> list[dict[str, float | str]]:
     """Train our SAC and SB3's SAC per seed, print a side-by-side table, return its rows.
 
     Args:
         steps: env steps per training run.
         seeds: training seeds (shared by both learners).
-        compile_nets: turn on our SAC's ``compile`` flag.
+        compile_nets: turn on our SAC's ``compile`` flag (autograd update).
+        autograd: our SAC with its autograd update instead of the hand-written one.
     """
     rows: list[dict[str, float | str]] = []
     for seed in seeds:
         for name, run in (
-            ("ours-sac", lambda s=seed: _run_ours(steps, s, compile_nets)),
+            ("ours-sac", lambda s=seed: _run_ours(steps, s, compile_nets, autograd)),
             ("sb3-sac", lambda s=seed: _run_sb3(steps, s)),
         ):
             print(f"  training {name} seed {seed} for {steps} steps ...", flush=True)
@@ -147,7 +159,8 @@ def _bench_dqn(steps: int | None, seeds: tuple[int, ...]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``--only sac|dqn|all``, ``--steps``, ``--seeds``, ``--threads``, ``--compile``.
+    """Command line: ``--only``, ``--steps``, ``--seeds``, ``--threads``, ``--compile`` and
+    ``--autograd`` (see the module docstring).
 
     ``--steps`` applies to whichever sections run; without it each uses its own default.
     """
@@ -159,10 +172,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--compile", action="store_true", help="our SAC with torch.compile")
+    parser.add_argument(
+        "--autograd", action="store_true", help="our SAC's autograd update (reference path)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.only in ("sac", "all"):
-        bench_sac(args.steps or 20_000, tuple(args.seeds), args.compile)
+        bench_sac(args.steps or 20_000, tuple(args.seeds), args.compile, args.autograd)
     if args.only in ("dqn", "all"):
         _bench_dqn(args.steps, tuple(args.seeds))
 
