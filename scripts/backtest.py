@@ -5,6 +5,9 @@ Market runs: prints the metrics table (policy next to buy-and-hold and flat) and
 (``run=<arbitrage run>``, no ``data``): replays ``episodes`` held-out seeded episodes from
 ``first_seed`` and reports profit, gas, reverts and share of oracle next to the threshold and
 oracle baselines, with ``backtest.json`` and ``backtest.png`` (cumulative profit per episode).
+Arbitrage runs with predictor blocks replay the test episodes of their fixed scenario, the
+predictors rebuilt from the run and fed the rows before each episode
+(``agents.backtest.run_arbitrage_backtest``).
 The work is in ``agents.backtest``.
 """
 
