@@ -5,10 +5,11 @@ With SAC's small networks ([256, 256], batch 256) on one CPU thread, a gradient 
 through the engine, ``zero_grad``) and the elementwise ops around it cost about as much again
 (profile in issue 5). The networks here are plain ReLU MLPs, so their gradients are short to
 write out by hand: per linear layer ``dW = x^T g``, ``db = sum_b g``, ``dx = g W^T`` and a
-``threshold_backward`` for each ReLU, exactly the kernels autograd would call. This module does
-that, with the gradients written into preallocated ``.grad`` buffers, and hands them to the
-agent's own Adam optimisers, so checkpoints, ``state_dict`` s and the algorithm stay those of
-``agents/sac.py``:
+``threshold_backward`` for each ReLU, the kernels autograd would call (the one-wide Q head
+uses a multiply-and-sum instead of a GEMM with one column, same multiply-adds). This module
+does that, with the gradients written into preallocated ``.grad`` buffers and the activations
+into a reused :class:`Workspace`, and hands the gradients to the agent's own Adam optimisers, so
+checkpoints, ``state_dict`` s and the algorithm stay those of ``agents/sac.py``:
 
 * same update order as SB3's ``SAC.train`` and ``SAC.update``: entropy coefficient, critics
   (clipped double-Q soft Bellman target), actor through the *updated* critics, Polyak;

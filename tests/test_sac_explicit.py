@@ -188,3 +188,14 @@ def test_zero_grad_between_steps_does_not_break_the_explicit_step() -> None:
     reference.update(_batch(seed=1))
     for got, want in zip(_grads(explicit), _grads(reference), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_size_changes_between_steps() -> None:
+    # MBPO mixes real and model batches; the workspace must follow a new batch size.
+    explicit, reference = _pair()
+    for n, seed in ((64, 0), (40, 1), (64, 2)):
+        batch = _batch(n=n, seed=seed)
+        explicit.update(batch)
+        reference.update(batch)
+        for got, want in zip(_grads(explicit), _grads(reference), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
