@@ -167,9 +167,12 @@ def test_market_task_adds_blocks_and_arbitrage_blocks_align_with_episode_rows() 
     env = task.train_env
     assert {"pred_lstm", "pred_regime"} <= set(_builder(env).block_names)
     names = _builder(env).flat_feature_names()
-    assert any(n.startswith("pred_lstm[") for n in names)
     cols = task.predictors.block_columns()
     assert cols["pred_lstm"] == ["pred_lstm_mean_h1", "pred_lstm_std_h1", "pred_lstm_valid"]
+    # The env's flat names carry the predictor's column names.
+    assert [n for n in names if n.startswith("pred_lstm[")] == [
+        f"pred_lstm[{c}]" for c in cols["pred_lstm"]
+    ]
     assert "pred_regime_is_volatile" in cols["pred_regime"]
     assert task.artifacts["predictor_blocks"]["predictors"]["lstm"]["columns"] == cols["pred_lstm"]
     # Validation rows continue the walk after the training data: every row is predicted.
