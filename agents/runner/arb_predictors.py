@@ -113,6 +113,12 @@ class OnlineDefiPredictor:
             if columns is not None
             else [f"pred_{name}_{c}" for c in predictor.block_columns()] + [f"pred_{name}_valid"]
         )
+        expected = len(predictor.block_columns()) + 1
+        if len(self.columns) != expected:
+            raise ConfigError(
+                f"predictor {name!r}: {len(self.columns)} block columns given, the predictor "
+                f"makes {expected} ({predictor.block_columns()} + validity)"
+            )
         self.online = bool(online)
         self.update_every = int(update_every)
         self.fill_value = float(fill_value)

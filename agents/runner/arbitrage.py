@@ -164,6 +164,12 @@ class ArbitrageRunner:
         self.guards = guards or SnapshotGuards()
         self.block_seconds = float(block_seconds)
         self.predictors = dict(predictors or {})
+        for name, source in self.predictors.items():
+            pool = getattr(source, "pool", 0)
+            if source.needs_volume() and not 0 <= pool < cfg.n_pools:
+                raise ConfigError(
+                    f"predictor block {name!r} reads pool {pool}; the env has {cfg.n_pools}"
+                )
         self._pred_shapes = {k: (p.n_columns,) for k, p in self.predictors.items()}
         self.builder = make_observation_builder(
             cfg,
