@@ -106,13 +106,13 @@ def _iso_ns(text: str) -> Any:
 
     try:
         ts = pd.Timestamp(text)
-    except (ValueError, TypeError, OverflowError):
+        if ts is pd.NaT:
+            return text
+        if ts.tzinfo is not None:
+            ts = ts.tz_convert("UTC").tz_localize(None)
+        return int(ts.value)
+    except (ValueError, TypeError, OverflowError):  # e.g. year 1: outside int64 nanoseconds
         return text
-    if ts is pd.NaT:
-        return text
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    return int(ts.value)
 
 
 def load_snapshot_csv(path: str | Path, n_pools: int) -> list[dict[str, Any]]:
