@@ -51,7 +51,7 @@ from predictors.metadata import (
 )
 from predictors.nets import RecurrentGaussianNet, gaussian_nll
 from predictors.online_optim import FlatAdam
-from predictors.replay import ReplayBuffer
+from predictors.replay import ReplayBuffer, restore_rng, rng_state
 from predictors.scaling import StandardScaler
 from predictors.windows import (
     as_matrix,
@@ -765,17 +765,24 @@ class GaussianForecaster(Predictor):
         }
 
     def save(self, directory: str | Path) -> None:
-        """Write ``weights.pt`` (model and online-optimiser state dicts) and ``metadata.json``.
+        """Write ``weights.pt`` (model and online state) and ``metadata.json``.
 
         Persists: config, names, scalers, fit metrics, network weights, the online optimiser's
-        state. Not persisted: the replay buffer and the online monitor (they restart empty).
+        state, and the online state (``online_state``: the replay buffer's filled slots and
+        write position, the replay-draw generator's state), so that
+        ``load`` followed by the same ``update``/``predict`` calls gives bit-identical outputs
+        to the predictor that was never saved (issue 6; dropout > 0 also draws from torch's
+        global generator, which is not the predictor's to save). Not persisted: the online
+        monitor (``stats()`` restarts). Everything is tensors and plain values: ``load`` reads
+        it with ``torch.load(weights_only=True)``.
         """
         if self.net is None:
             raise DataError(f"predictor {self.kind!r}: save called before fit")
         directory = Path(directory)
-        state = {"model": self.net.state_dict()}
+        state: dict[str, Any] = {"model": self.net.state_dict()}
         if self._online_opt is not None:
             state["online_optimizer"] = self._online_opt.state_dict()
+        state["online_state"] = self._online_state()
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(directory / WEIGHTS_FILE, buf.getvalue())
@@ -810,7 +817,20 @@ class GaussianForecaster(Predictor):
         if "online_optimizer" in state:
             obj._online_opt = obj._make_online_optimizer()
             obj._online_opt.load_state_dict(state["online_optimizer"])
+        # Directories saved before the online state was persisted: replay and monitor start
+        # empty, the replay draws from the seed (what loading did before).
+        if "online_state" in state:
+            obj._load_online_state(state["online_state"], str(path))
         return obj
+
+    def _online_state(self) -> dict[str, Any]:
+        return {"replay": self.replay.state_dict(), "rng": rng_state(self._online_rng)}
+
+    def _load_online_state(self, online: Any, where: str) -> None:
+        if not isinstance(online, dict):
+            raise DataError(f"{where}: online_state must be a mapping, got {type(online).__name__}")
+        self.replay.load_state_dict(online.get("replay", {}), where)
+        self._online_rng = restore_rng(online.get("rng", {}), f"{where}: online rng")
 
 
 def finite_or_none(value: float) -> float | None:

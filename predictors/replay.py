@@ -11,8 +11,13 @@ replayed windows on every online step (issue 6: the online step must stay under 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
+
+from envs.errors import DataError
 
 
 class ReplayBuffer:
@@ -85,3 +90,91 @@ class ReplayBuffer:
         """Draw ``n`` samples uniformly with replacement: ``(windows, targets, weights)``."""
         idx = self.sample_indices(n, rng)
         return self.windows[idx], self.targets[idx], self.weights[idx]
+
+    # --- persistence (issue 6: a reloaded predictor continues exactly as in training) ----------
+    def state_dict(self) -> dict[str, Any]:
+        """The ring's contents and positions as tensors and ints (``torch.load(weights_only)``
+        safe): only the filled slots are stored, in slot order."""
+        n = self.size
+        return {
+            "capacity": self.capacity,
+            "size": n,
+            "pos": self.pos,
+            "windows": self.windows[:n].detach().cpu().clone(),
+            "targets": self.targets[:n].detach().cpu().clone(),
+            "weights": self.weights[:n].detach().cpu().clone(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], where: str = "replay") -> None:
+        """Restore :meth:`state_dict` into this (same-shaped) buffer.
+
+        Raises:
+            DataError: capacity, sizes or tensor shapes that do not fit this buffer.
+        """
+        try:
+            capacity, size, pos = int(state["capacity"]), int(state["size"]), int(state["pos"])
+            windows, targets, weights = state["windows"], state["targets"], state["weights"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: malformed replay state ({exc!r})") from exc
+        if capacity != self.capacity or not 0 <= size <= capacity or not 0 <= pos < capacity:
+            raise DataError(
+                f"{where}: replay capacity {capacity}, size {size}, pos {pos}; expected "
+                f"capacity {self.capacity}, 0 <= size <= capacity, 0 <= pos < capacity"
+            )
+        expected = [
+            ("windows", windows, (size, *self.windows.shape[1:])),
+            ("targets", targets, (size, *self.targets.shape[1:])),
+            ("weights", weights, (size,)),
+        ]
+        for name, tensor, shape in expected:
+            if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
+                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor)
+                raise DataError(f"{where}: replay {name} has shape {got}, expected {shape}")
+        dev = self.windows.device
+        self.windows[:size] = windows.to(dev, torch.float32)
+        self.targets[:size] = targets.to(dev, torch.float32)
+        self.weights[:size] = weights.to(dev, torch.float32)
+        self.size, self.pos = size, pos
+
+
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """A NumPy generator's bit-generator state as JSON-able plain values (big ints as strings,
+    so the state survives JSON and the restricted unpickler alike)."""
+    return _stringify(rng.bit_generator.state)
+
+
+def restore_rng(state: Mapping[str, Any], where: str = "rng") -> np.random.Generator:
+    """A generator in the state :func:`rng_state` recorded (only NumPy's own bit generators).
+
+    Raises:
+        DataError: an unknown bit generator or a malformed state.
+    """
+    name = state.get("bit_generator") if isinstance(state, Mapping) else None
+    if name not in ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937"):
+        raise DataError(f"{where}: unknown bit generator {name!r}")
+    bit_gen = getattr(np.random, str(name))()
+    try:
+        bit_gen.state = _unstringify(state)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise DataError(f"{where}: malformed {name} state ({exc})") from exc
+    return np.random.Generator(bit_gen)
+
+
+def _stringify(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _stringify(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return {"__array__": [str(int(v)) for v in value.ravel()], "dtype": str(value.dtype)}
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return {"__int__": str(int(value))}
+    return value
+
+
+def _unstringify(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__int__" in value:
+            return int(value["__int__"])
+        if "__array__" in value:
+            return np.array([int(v) for v in value["__array__"]], dtype=np.dtype(value["dtype"]))
+        return {k: _unstringify(v) for k, v in value.items()}
+    return value

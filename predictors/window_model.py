@@ -49,7 +49,7 @@ from predictors.metadata import (
     utc_timestamp,
     write_metadata,
 )
-from predictors.replay import ReplayBuffer
+from predictors.replay import ReplayBuffer, restore_rng, rng_state
 from predictors.scaling import StandardScaler
 from predictors.windows import as_matrix, check_finite, sample_rows, window_view
 
@@ -552,8 +552,12 @@ class WindowModelPredictor(Predictor):
         """Write ``weights.pt`` (model and online-optimiser state dicts) and ``metadata.json``.
 
         Persists: config, names, feature scaler, fitted state (thresholds, classes), fit metrics,
-        network weights, the online optimiser's state. Not persisted: the replay buffer and the
-        online monitor (they restart empty).
+        network weights, the online optimiser's state, and the online state
+        (``online_state``: the replay buffer's filled slots and write position, the replay-draw
+        generator and the torch generator that seeds each online step's sampling noise), so
+        ``load`` followed by the same ``update``/``predict`` calls gives bit-identical outputs
+        to the predictor that was never saved (issue 6). Not persisted: the online monitor
+        (``stats()`` restarts). Tensors and plain values only (``weights_only`` loading).
         """
         if self.net is None:
             raise DataError(f"predictor {self.kind!r}: save called before fit")
@@ -561,6 +565,11 @@ class WindowModelPredictor(Predictor):
         state: dict[str, Any] = {"model": self.net.state_dict()}
         if self._online_opt is not None:
             state["online_optimizer"] = self._online_opt.state_dict()
+        state["online_state"] = {
+            "replay": self.replay.state_dict(),
+            "rng": rng_state(self._online_rng),
+            "torch_generator": self._online_gen.get_state(),
+        }
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(directory / WEIGHTS_FILE, buf.getvalue())
@@ -594,6 +603,21 @@ class WindowModelPredictor(Predictor):
         if "online_optimizer" in state:
             obj._online_opt = obj._make_online_optimizer()
             obj._online_opt.load_state_dict(state["online_optimizer"])
+        # Directories saved before the online state was persisted: replay starts empty and the
+        # generators from the seed (what loading did before).
+        online = state.get("online_state")
+        if online is not None:
+            if not isinstance(online, dict):
+                raise DataError(f"{path}: online_state must be a mapping")
+            obj.replay.load_state_dict(online.get("replay", {}), str(path))
+            obj._online_rng = restore_rng(online.get("rng", {}), f"{path}: online rng")
+            gen_state = online.get("torch_generator")
+            if not isinstance(gen_state, torch.Tensor) or gen_state.dtype != torch.uint8:
+                raise DataError(f"{path}: online_state.torch_generator must be a uint8 tensor")
+            try:
+                obj._online_gen.set_state(gen_state.cpu())
+            except RuntimeError as exc:
+                raise DataError(f"{path}: online_state.torch_generator: {exc}") from exc
         return obj
 
 

@@ -163,3 +163,87 @@ def test_online_optimizer_state_round_trips_and_old_files_load(tmp_path):
 def test_online_bptt_is_checked():
     with pytest.raises(ConfigError, match="online_bptt"):
         OnlineLSTM(online_bptt=-1)
+
+
+def _continue(model, feats: np.ndarray, targs: np.ndarray) -> list[np.ndarray]:
+    """Updates and predictions in the provider's order (predict a chunk, then learn)."""
+    out = []
+    for t in range(400, 480, 8):
+        out.append(model.predict_block(feats, np.arange(t, t + 8)))
+        out.append(np.array([model.update(model.samples(feats, targs, np.arange(t - 1, t + 7)))]))
+    out.append(model.predict_block(feats, np.arange(480, 490)))
+    return out
+
+
+@pytest.mark.parametrize("scope", ["all", "head"])
+def test_reloaded_forecaster_continues_bit_identically(tmp_path, scope):
+    """Issue 6: save -> load -> the same update()/predict() calls give the never-saved model's
+    outputs exactly: the replay buffer the fit seeded and the replay-draw generator persist."""
+    model, feats, targs = _fitted(online_scope=scope, replay_capacity=300)
+    # Saved right after the fit (as a training run saves it) and after some online steps.
+    for stage in ("fitted", "online"):
+        model.save(tmp_path / stage)
+        loaded = load_predictor(tmp_path / stage, device="cpu")
+        assert len(loaded.replay) == len(model.replay) > 0
+        assert loaded.replay.pos == model.replay.pos
+        twin = copy.deepcopy(model)
+        got_all, want_all = _continue(loaded, feats, targs), _continue(twin, feats, targs)
+        for got, want in zip(got_all, want_all, strict=True):
+            np.testing.assert_array_equal(got, want)
+        if stage == "fitted":
+            for t in range(390, 400):  # wrap the 300-slot ring before the second save
+                model.update(model.samples(feats, targs, np.arange(t - 30, t)))
+            assert model.replay.size == 300
+
+
+def test_predictor_saved_without_online_state_loads_with_empty_replay(tmp_path):
+    """Directories saved before the online state was persisted load as they did before."""
+    model, feats, targs = _fitted()
+    model.save(tmp_path / "p")
+    state = torch.load(tmp_path / "p" / WEIGHTS_FILE, weights_only=True)
+    assert set(state["online_state"]) == {"replay", "rng"}
+    del state["online_state"]
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    (tmp_path / "p" / WEIGHTS_FILE).write_bytes(buf.getvalue())
+    old = load_predictor(tmp_path / "p", device="cpu")
+    assert len(old.replay) == 0
+    np.testing.assert_array_equal(
+        old.predict_block(feats, np.arange(400, 420)),
+        model.predict_block(feats, np.arange(400, 420)),
+    )
+    assert np.isfinite(old.update(old.samples(feats, targs, np.arange(400, 408))))
+    assert len(old.replay) == 8
+
+
+def test_malformed_online_state_is_a_clear_error(tmp_path):
+    model, _, _ = _fitted()
+    model.save(tmp_path / "p")
+    state = torch.load(tmp_path / "p" / WEIGHTS_FILE, weights_only=True)
+    state["online_state"]["replay"]["windows"] = torch.zeros(3, 2, 2)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    (tmp_path / "p" / WEIGHTS_FILE).write_bytes(buf.getvalue())
+    with pytest.raises(DataError, match="replay windows has shape"):
+        load_predictor(tmp_path / "p", device="cpu")
+
+
+def test_reloaded_window_model_continues_bit_identically(tmp_path):
+    """Same for the window models (VAE): replay, replay draws and the seeded sampling noise."""
+    from predictors import MarketVAE
+
+    x = ar1(600, seed=2)[:, None]
+    model = MarketVAE(latent_dim=2, window=8, max_epochs=2, batch_size=128, replay_capacity=200)
+    model.fit((x[:400], x[:400]))
+    model.save(tmp_path / "vae")
+    loaded = load_predictor(tmp_path / "vae", device="cpu")
+    assert len(loaded.replay) == len(model.replay) > 0
+    outs = []
+    for m in (loaded, model):
+        seq = []
+        for t in range(400, 480, 16):
+            seq.append(m.predict_block(x, np.arange(t, t + 16)))
+            seq.append(np.array([m.update(m.samples(x, x, np.arange(t, t + 16)))]))
+        outs.append(seq)
+    for got, want in zip(*outs, strict=True):
+        np.testing.assert_array_equal(got, want)
