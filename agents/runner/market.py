@@ -15,6 +15,12 @@ bars, 25 for the default features), plus the last ``window`` scaled rows for the
 The runner holds until ``warmup + window`` bars were seen (the env's first decision bar), so
 its observation at bar ``t`` of a feed equals the env's at bar ``t`` of the same data (tested).
 
+Predictor blocks (``agents.runner.run_dir.OnlinePredictorBlock``) compute their own input
+features from the bars and learn online as training's walk did: after every ``update_every``
+bars one update is pending; :meth:`PolicyRunner.maintain` runs it between bars (else the next
+``on_bar`` does, before predicting). :meth:`PolicyRunner.feed_predictors` feeds older bars to the
+blocks only; until every block predicts, the runner holds ("warming up predictors").
+
 Robustness: every ``on_bar`` returns a ``TradeSignal``; malformed, non-finite, duplicated,
 out-of-order or absurd bars are not ingested and give a HOLD naming the problem; gaps and stale
 bars are ingested (they are real history) but give a HOLD; any unexpected error inside the
@@ -95,8 +101,10 @@ class PolicyRunner:
         limits: live risk limits (default: all off).
         guards: bar checks (default: ``BarGuards()``).
         predictor_blocks: name -> block source with ``columns`` and
-            ``step(features_row, bar) -> (row, uncertainty or None)``, computed online after
-            the features of each bar (see ``agents.runner.run_dir``).
+            ``on_bar(timestamp, ohlcv, extra) -> (row, uncertainty or None)`` (optionally
+            ``maintain()``, ``reset()`` and ``warmup_left``; see
+            :class:`agents.runner.run_dir.OnlinePredictorBlock`), or the older
+            ``step(features_row, ohlcv)`` that reads the runner's own feature row.
     """
 
     def __init__(
@@ -163,7 +171,9 @@ class PolicyRunner:
             )
         ]
         for name, source in self.predictor_blocks.items():
-            specs.append(BlockSpec(name, (len(source.columns),)))
+            specs.append(
+                BlockSpec(name, (len(source.columns),), feature_names=tuple(source.columns))
+            )
         specs.append(
             BlockSpec(
                 "portfolio",
@@ -240,7 +250,7 @@ class PolicyRunner:
             raise ConfigError(f"{run.run_dir}: artifacts/feature_scaler.json is missing")
         scaler = load_scaler(scaler_path)
         agent = load_agent(run.config["agent"], run.policy_path, device=device)
-        blocks = load_predictor_blocks(run, device)
+        blocks = load_predictor_blocks(run, device, extra_names)
         feature_names = kw["features"] or getattr(scaler, "feature_names", None)
         n_feat = scaler.n_features
         extra_cols = sum(len(b.columns) for b in blocks.values())
@@ -305,12 +315,23 @@ class PolicyRunner:
         return runner
 
     # --- state ---------------------------------------------------------------------------------
-    def reset(self, initial_cash: float | None = None) -> None:
+    def reset(self, initial_cash: float | None = None, predictors: bool = True) -> None:
         """Forget all history and start a flat book (features warm up again; a recurrent
-        policy's state restarts from zeros)."""
+        policy's state restarts from zeros).
+
+        Args:
+            initial_cash: new starting cash (default: unchanged).
+            predictors: also reset the predictor blocks to their saved state (False: keep their
+                history and online learning, e.g. after :meth:`feed_predictors`).
+        """
         policy_reset = getattr(self.policy, "reset", None)
         if callable(policy_reset):
             policy_reset()
+        if predictors:
+            for source in self.predictor_blocks.values():
+                source_reset = getattr(source, "reset", None)
+                if callable(source_reset):
+                    source_reset()
         if initial_cash is not None:
             self.initial_cash = float(initial_cash)
         n = self.n_assets
@@ -348,6 +369,45 @@ class PolicyRunner:
     def bars_seen(self) -> int:
         """Bars ingested into the history."""
         return self._bars
+
+    def maintain(self) -> int:
+        """Run the predictors' pending online updates; call it between bars (after the signal
+        went out) to keep the gradient step off ``on_bar``'s latency. Otherwise a pending update
+        runs at the start of the next ``on_bar``. Returns the number of updates run."""
+        ran = 0
+        for source in self.predictor_blocks.values():
+            fn = getattr(source, "maintain", None)
+            if callable(fn):
+                ran += int(bool(fn()))
+        return ran
+
+    def feed_predictors(self, bar: Any) -> str | None:
+        """Feed one older bar to the predictor blocks only (history before the bot starts: the
+        bars since the run's fit range, so the blocks continue as training's walk did, or just
+        enough to skip their warm-up). Returns None, or the reason the bar was not used."""
+        try:
+            parsed = self._parse(bar)
+            if isinstance(parsed, str):
+                return parsed
+            ts, ohlcv, extra = parsed
+            for source in self.predictor_blocks.values():
+                last = getattr(source, "last_ts", None)
+                if last is not None and ts <= last:
+                    return "out-of-order or duplicate bar for the predictors (ignored)"
+            for source in self.predictor_blocks.values():
+                if hasattr(source, "on_bar"):
+                    source.on_bar(ts, ohlcv, extra)
+            return None
+        except Exception as exc:  # same contract as on_bar: never raise into the bot loop
+            return f"internal error {type(exc).__name__}: {exc}"
+
+    @property
+    def predictor_warmup(self) -> int:
+        """Bars before every predictor block makes predictions (0 without predictors)."""
+        return max(
+            (int(getattr(src, "warmup_left", 0)) for src in self.predictor_blocks.values()),
+            default=0,
+        )
 
     @property
     def first_decision_bar(self) -> int | None:
@@ -459,6 +519,11 @@ class PolicyRunner:
             if first is None or self._bars - 1 < first:
                 need = "?" if first is None else str(first + 1)
                 return self._hold(ts, f"warming up: {self._bars}/{need} bars")
+            waiting = self.predictor_warmup
+            if waiting > 0:
+                # A block before its first prediction holds fill values the policy never saw
+                # on held-out bars; feed_predictors() with older bars skips this.
+                return self._hold(ts, f"warming up predictors: {waiting} more bars")
             return self._decide(ts)
         except Exception as exc:  # the bot loop must never see an exception from here
             last = traceback.extract_tb(exc.__traceback__)[-1]
@@ -555,8 +620,13 @@ class PolicyRunner:
         flat = np.clip(scaled.reshape(-1), -self.obs_clip, self.obs_clip)
         self._market[:-1] = self._market[1:]
         self._market[-1] = flat
+        # The current bar's uncertainty: the largest of the blocks' (not the largest ever seen).
+        self._uncertainty = None
         for name, source in self.predictor_blocks.items():
-            block_row, unc = source.step(row, ohlcv)
+            if hasattr(source, "on_bar"):
+                block_row, unc = source.on_bar(ts, ohlcv, extra)
+            else:
+                block_row, unc = source.step(row, ohlcv)
             self._pred_rows[name] = np.asarray(block_row, dtype=np.float32)
             if unc is not None:
                 self._uncertainty = (

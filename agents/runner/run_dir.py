@@ -6,15 +6,18 @@ uses ``torch.load(weights_only=True)``: a file crafted to run code when unpickle
 a ``CheckpointError`` before anything in it runs.
 
 Predictors: a run may list ``predictors`` in its config with saved predictors under
-``predictors/<name>/``; each is loaded with ``predictors.load_predictor`` and wrapped in
-:class:`OnlinePredictorBlock`, which computes its observation row at every bar from the runner's
-raw feature history with ``predict_block`` (the provider's batched inference on one row).
+``predictors/<name>/`` and their inputs in ``predictors/manifest.json``; each is loaded with
+``predictors.load_predictor`` (its online state included: the replay buffer its fit seeded) and
+wrapped in :class:`OnlinePredictorBlock`, which computes the predictor's own input features from
+the bars and follows the training walk's predict-then-learn protocol one bar at a time.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,61 +132,312 @@ def market_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class OnlinePredictorBlock:
-    """A loaded predictor producing one observation row per bar from the raw feature history.
+    """A loaded market predictor producing one observation row per bar, online as in training.
 
-    The predictor reads a ``(W, F)`` window of the env's raw (unscaled) features, as the
-    walk-forward provider does over the whole dataset; the row at bar ``t`` is
-    ``predict_block(history, [t])``. Its ``valid`` column is 0 until a full window exists.
+    Follows the training walk (``predictors.provider.WalkForwardProvider._walk``) one bar at a
+    time, as :class:`agents.runner.arb_predictors.OnlineDefiPredictor` does for arbitrage:
+
+    * **Inputs**: the predictor's own features (the ``feature_names`` it was fitted with, from
+      the run's ``predictors/manifest.json``), computed from the bars by a
+      :class:`~agents.runner.features.StreamingFeatures` of its own (the online twin of
+      ``envs.features.compute_features``, which ``agents.predictor_blocks.market_series``
+      feeds the walk), for asset ``asset``; the target is the bar's log return
+      ``log(c_t / c_{t-1})`` (``target: log_return``) or nothing (``target: none``).
+    * **Predict**: from the first bar whose window holds ``window`` defined feature rows; the
+      row at bar ``t`` is ``predict_block`` on the last ``window`` feature rows with the model
+      as of ``t``'s chunk. Before that the row is ``fill_value`` with ``valid = 0``.
+    * **Learn**: chunks of ``update_every`` bars are anchored at the first bar after the fit
+      range (``fit_end_ns``, the manifest's last fitted timestamp; training's walk starts its
+      chunks at the first row after the fit range too) that has ``delay`` more defined rows
+      behind its window. After the bar that closes a chunk, one ``update`` from the samples
+      whose targets arrived during the chunk is *pending*; it runs in :meth:`maintain` (the
+      runner's ``maintain``, between bars) or at the latest before the next bar's prediction.
+      Bars up to the fit end are predicted with the saved model and never learnt from (the fit
+      has seen them).
 
     Args:
-        predictor: a fitted :class:`predictors.base.Predictor`.
-        name: block name in the observation.
-        fill_value: value of the row before the first full window.
+        predictor: a fitted (loaded) forecaster with ``predict_block``, ``samples``, ``update``.
+        name: observation block name (``pred_<config name>``).
+        feature_names: the predictor's input features (default: ``predictor.feature_names``).
+        asset: which asset's features and returns feed it.
+        target: ``log_return`` or ``none``.
+        columns: block column names (the manifest's; default from the predictor).
+        online: learn from targets as they arrive (the provider's ``online``).
+        update_every: bars per predict-then-learn chunk (the provider's ``update_every``).
+        fill_value: block value before the first prediction.
+        fit_end_ns: timestamp (ns) of the last fitted bar; None: chunks start at the first
+            bar that can be learnt from.
+        extra_names: extra columns the bars carry (for ``extra:`` features).
     """
 
-    def __init__(self, predictor: Any, name: str, fill_value: float = 0.0) -> None:
+    def __init__(
+        self,
+        predictor: Any,
+        name: str,
+        *,
+        feature_names: Sequence[str] | None = None,
+        asset: int = 0,
+        target: str = "log_return",
+        columns: Sequence[str] | None = None,
+        online: bool = True,
+        update_every: int = 32,
+        fill_value: float = 0.0,
+        fit_end_ns: int | None = None,
+        extra_names: Sequence[str] = (),
+    ) -> None:
+        from agents.runner.features import StreamingFeatures
+
+        self.name = str(name)
         self.predictor = predictor
-        self.name = name
+        names = list(predictor.feature_names if feature_names is None else feature_names)
+        if list(predictor.feature_names) != names:
+            raise ConfigError(
+                f"predictor block {name!r}: the manifest lists features {names}, the saved "
+                f"predictor was fitted on {list(predictor.feature_names)}"
+            )
+        self.feature_names = names
+        # Checked here (a ConfigError naming the feature), used per bar.
+        StreamingFeatures(names, 1, tuple(extra_names))
+        self.extra_names = tuple(extra_names)
+        if target not in ("log_return", "none"):
+            raise ConfigError(
+                f"predictor block {name!r}: target {target!r}, expected 'log_return' or 'none'"
+            )
+        self.target = target
+        self.asset = int(asset)
+        if self.asset < 0:
+            raise ConfigError(f"predictor block {name!r}: asset {asset}, expected >= 0")
+        self.columns = list(
+            columns
+            if columns is not None
+            else [f"{name}_{c}" for c in predictor.block_columns()] + [f"{name}_valid"]
+        )
+        if len(self.columns) != len(predictor.block_columns()) + 1:
+            raise ConfigError(
+                f"predictor block {name!r}: {len(self.columns)} columns given, the predictor "
+                f"makes {len(predictor.block_columns())} + validity"
+            )
+        if int(update_every) < 1:
+            raise ConfigError(
+                f"predictor block {name!r}: update_every {update_every}, expected >= 1"
+            )
+        self.online = bool(online)
+        self.update_every = int(update_every)
         self.fill_value = float(fill_value)
-        self.columns = [f"pred_{name}_{c}" for c in predictor.block_columns()] + [
-            f"pred_{name}_valid"
-        ]
-        self._history: list[np.ndarray] = []
+        self.fit_end_ns = None if fit_end_ns is None else int(fit_end_ns)
+        self.window = int(predictor.window)
+        self.delay = int(predictor.target_delay)
+        # Rows kept: the newest chunk's samples reach back update_every + delay rows, and each
+        # sample's window another window - 1 (as OnlineDefiPredictor.history).
+        self.history = self.update_every + self.delay + self.window + 1
+        self._pristine = predictor
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the predictor as loaded (online learning discarded) and no history."""
+        self.predictor = copy.deepcopy(self._pristine)
+        self._features: Any = None
+        self._feats = np.zeros((self.history, len(self.feature_names)))
+        self._targs = np.zeros((self.history, 1 if self.target == "log_return" else 0))
+        self._prev_close: float | None = None
+        self._rows = 0
+        self._anchor: int | None = None
+        self._pending: np.ndarray | None = None
+        self.last_ts: int | None = None
+        self.updates = 0
+        self.last_row = np.full(len(self.columns), self.fill_value, dtype=np.float32)
+        self.last_row[-1] = 0.0
+
+    @property
+    def rows_seen(self) -> int:
+        """Bars pushed since the last reset."""
+        return self._rows
+
+    @property
+    def update_pending(self) -> bool:
+        """Whether a chunk closed and its online update has not run yet."""
+        return self._pending is not None
+
+    @property
+    def warmup_left(self) -> int:
+        """Bars before the block's first prediction (0 once it predicts)."""
+        if self.last_row[-1] == 1.0:
+            return 0
+        ready = None if self._features is None else self._features.ready_from
+        if ready is None:  # extra columns not seen yet: at least the fixed warm-up
+            ready = 0 if self._features is None else self._features.warmup
+        return max(1, int(ready) + self.window - self._rows)
+
+    def on_bar(
+        self, timestamp: int, ohlcv: np.ndarray, extra: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float | None]:
+        """Ingest one bar (``(N, 5)`` OHLCV, ``(N, E)`` extra) and return ``(row, uncertainty)``.
+
+        Runs a pending update first, so the prediction uses the model the walk would use.
+        """
+        from agents.runner.features import StreamingFeatures
+
+        self.maintain()
+        ohlcv = np.asarray(ohlcv, dtype=np.float64)
+        if self._features is None:
+            if not 0 <= self.asset < ohlcv.shape[0]:
+                raise ConfigError(
+                    f"predictor block {self.name!r}: asset {self.asset} outside the bars' "
+                    f"{ohlcv.shape[0]} assets"
+                )
+            self._features = StreamingFeatures(self.feature_names, ohlcv.shape[0], self.extra_names)
+        row = self._features.push(int(timestamp), ohlcv, extra)
+        close = float(ohlcv[self.asset, 3])
+        self._feats[:-1] = self._feats[1:]
+        self._feats[-1] = row[self.asset]
+        if self._targs.shape[1]:
+            self._targs[:-1] = self._targs[1:]
+            # agents.predictor_blocks.next_bar_log_return: 0 at the first bar.
+            prev = self._prev_close
+            self._targs[-1, 0] = 0.0 if prev is None else float(np.diff(np.log([prev, close]))[0])
+        self._prev_close = close
+        self._rows += 1
+        self.last_ts = int(timestamp)
+        r = self._rows - 1  # this bar's index since the reset
+        ready = self._features.ready_from
+        if ready is None or r < ready + self.window - 1:
+            return self.last_row, None
+        pred = self.predictor.predict_block(
+            self._feats[-self.window :], np.array([self.window - 1])
+        )[0]
+        out = np.empty(len(self.columns), dtype=np.float32)
+        out[:-1] = pred
+        out[-1] = 1.0
+        self.last_row = out
+        # The manifest's fit end is an ISO time from a float of seconds (microseconds, rounded),
+        # so a bar counts as after the fit from 1 ms past it (bars are seconds apart or more).
+        after_fit = self.fit_end_ns is None or int(timestamp) > self.fit_end_ns + 1_000_000
+        warm = r >= ready + self.window - 1 + self.delay
+        if self._anchor is None and self.online and warm and after_fit:
+            self._anchor = r
+        if self._anchor is not None and (r - self._anchor + 1) % self.update_every == 0:
+            # The chunk [r + 1 - U, r] closed: samples whose targets arrived in it
+            # (provider._walk: s + delay in [start, end)), in history coordinates.
+            end = r + 1
+            lo, hi = end - self.update_every - self.delay, end - self.delay
+            if hi > lo:
+                offset = r - (self.history - 1)  # bar index of history row 0
+                self._pending = np.arange(lo, hi) - offset
+        return out, self.uncertainty()
 
     def step(self, features_row: np.ndarray, ohlcv: np.ndarray) -> tuple[np.ndarray, float | None]:
-        """Append the bar's ``(N, F)`` features and return ``(row, uncertainty)``."""
-        self._history.append(np.asarray(features_row, dtype=np.float64).reshape(-1))
-        w = int(self.predictor.window)
-        if len(self._history) > w + 1:
-            del self._history[0]
-        if len(self._history) < w:
-            return np.full(len(self.columns), self.fill_value, dtype=np.float32), None
-        hist = np.stack(self._history)
-        row = self.predictor.predict_block(hist, np.array([hist.shape[0] - 1]))[0]
-        names = self.columns[:-1]
-        unc = [
-            float(abs(v)) for n, v in zip(names, row, strict=True) if "std" in n or "anomaly" in n
+        """Deprecated protocol (the runner's own feature row): not enough to compute this
+        block's inputs; use :meth:`on_bar`."""
+        raise ConfigError(
+            f"predictor block {self.name!r} computes its own features: call on_bar(timestamp, "
+            "ohlcv, extra)"
+        )
+
+    def maintain(self) -> bool:
+        """Run the pending online update, if any (between bars). True when one ran."""
+        if self._pending is None:
+            return False
+        rows, self._pending = self._pending, None
+        batch = self.predictor.samples(self._feats, self._targs, rows)
+        self.predictor.update(batch)
+        self.updates += 1
+        return True
+
+    def uncertainty(self) -> float | None:
+        """Largest predicted std (or anomaly score) of the last row (None before the first)."""
+        if self.last_row[-1] != 1.0:
+            return None
+        values = [
+            abs(float(v))
+            for c, v in zip(self.columns[:-1], self.last_row[:-1], strict=True)
+            if "std" in c or "anomaly" in c
         ]
-        return np.append(row, 1.0).astype(np.float32), (max(unc) if unc else None)
+        return max(values) if values else None
 
 
-def load_predictor_blocks(run: RunFiles, device: str) -> dict[str, OnlinePredictorBlock]:
-    """Load the predictors a run lists (``predictors:`` names or ``{name: ...}`` entries)."""
-    listed = run.config.get("predictors") or []
-    if isinstance(listed, Mapping):
-        names = list(listed)
-    elif isinstance(listed, list):
-        names = [e if isinstance(e, str) else (e or {}).get("name") for e in listed]
-    else:
-        raise ConfigError(f"{run.run_dir}: config field 'predictors' must be a list or mapping")
+def iso_to_ns(text: str, where: str) -> int:
+    """Nanoseconds since the epoch of an ISO-8601 time (naive times are UTC)."""
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(str(text))
+    except ValueError as exc:
+        raise DataError(f"{where}: not an ISO-8601 time ({text!r})") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def load_predictor_blocks(
+    run: RunFiles, device: str, extra_names: Sequence[str] = ()
+) -> dict[str, OnlinePredictorBlock]:
+    """Online blocks of the predictors a market run lists, keyed ``pred_<name>`` in the
+    config's order (the env's block order), each with the inputs and provider settings it was
+    trained with (``predictors/manifest.json``, ``agents.predictor_blocks.parse_spec``).
+
+    Raises:
+        ConfigError: a malformed entry, or inputs the market runner does not compute.
+        DataError: a listed predictor whose directory or manifest entry is missing.
+    """
+    import json
+
+    from agents.predictor_blocks import MANIFEST, parse_spec
+    from predictors.base import load_predictor
+
+    listed = run.config.get("predictors") or {}
+    if isinstance(listed, list):  # older spelling: a list of names without configs
+        listed = {str(e if isinstance(e, str) else (e or {}).get("name")): {} for e in listed}
+    if not isinstance(listed, Mapping):
+        raise ConfigError(f"{run.run_dir}: config field 'predictors' must be a mapping")
+    if not listed:
+        return {}
+    directory = run.run_dir / "predictors"
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{run.run_dir}: the run lists predictors but {manifest_path} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))["predictors"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"{manifest_path}: expected a JSON object with 'predictors' ({exc})"
+        ) from exc
     blocks: dict[str, OnlinePredictorBlock] = {}
-    for name in names:
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{run.run_dir}: every predictors entry needs a name, got {listed!r}")
-        directory = run.run_dir / "predictors" / name
-        if not directory.is_dir():
-            raise DataError(f"{run.run_dir}: predictor {name!r} listed but {directory} is missing")
-        from predictors.base import load_predictor
-
-        blocks[name] = OnlinePredictorBlock(load_predictor(directory, device=device), name)
+    for name, node in listed.items():
+        entry = manifest.get(name)
+        if not isinstance(entry, Mapping):
+            raise DataError(f"{manifest_path}: no entry for predictor {name!r}")
+        spec = parse_spec(
+            str(name), node or {k: entry[k] for k in ("kind", "inputs") if k in entry}
+        )
+        inputs = entry.get("inputs", spec.inputs)
+        if inputs != "market_features":
+            raise ConfigError(
+                f"{run.run_dir}: predictor {name!r} reads {inputs!r}; the market runner "
+                "computes 'market_features' inputs only"
+            )
+        sub = directory / str(entry.get("directory", name))
+        if not sub.is_dir():
+            raise DataError(f"{run.run_dir}: predictor {name!r} listed but {sub} is missing")
+        kw = dict(entry.get("input_kwargs") or spec.input_kwargs)
+        provider = dict(entry.get("provider") or spec.provider)
+        fill = float(provider.get("fill_value", 0.0))
+        if not math.isfinite(fill):
+            raise ConfigError(f"predictors.{name}.provider.fill_value: expected a finite number")
+        fit_time = entry.get("fit_range_time")
+        fit_end = None if not fit_time else iso_to_ns(fit_time[1], f"{manifest_path}: {name}")
+        predictor = load_predictor(sub, device=device)
+        blocks[spec.block] = OnlinePredictorBlock(
+            predictor,
+            spec.block,
+            feature_names=entry.get("feature_names"),
+            asset=int(kw.get("asset", 0)),
+            target=str(kw.get("target", "log_return")),
+            columns=entry.get("columns"),
+            online=bool(provider.get("online", True)),
+            update_every=int(provider.get("update_every", 32)),
+            fill_value=fill,
+            fit_end_ns=fit_end,
+            extra_names=extra_names,
+        )
     return blocks
