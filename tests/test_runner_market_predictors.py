@@ -201,3 +201,29 @@ def test_predictor_block_holds_until_warm_and_checks_its_inputs(lstm_run: Path) 
         OnlinePredictorBlock(source.predictor, "pred_x", feature_names=["logret_1"])
     manifest = json.loads((lstm_run / "predictors" / "manifest.json").read_text())
     assert manifest["predictors"]["lstm"]["feature_names"] == source.feature_names
+
+
+def test_regime_block_equals_the_walk_without_a_training_run() -> None:
+    """``market_regime`` inputs: the rule detector's block from the last ``long + 1`` closes
+    equals the provider's walk over the whole series (features up to float rounding)."""
+    from envs.data import gbm
+    from predictors import RuleRegimeDetector
+
+    ds = gbm(400, seed=3)
+    close = ds.close[:, 0]
+    detector = RuleRegimeDetector(short=8, long=32)
+    series = detector.prepare(close)
+    detector.fit(
+        (series.features[:200], series.targets[:200]), None, feature_names=series.feature_names
+    )
+    provider = WalkForwardProvider(detector, name="regime", online=False)
+    cols = provider.blocks(series.features, series.targets)
+    walked = np.stack([cols[c] for c in provider.column_names()], axis=1)
+    block = OnlinePredictorBlock(
+        detector, "pred_regime", inputs="market_regime", online=False, columns=list(cols)
+    )
+    assert block.lookback == 33
+    rows = [block.on_bar(int(ds.timestamps[t]), ds.ohlcv[t])[0] for t in range(len(ds))]
+    np.testing.assert_allclose(np.stack(rows), walked, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="computes 'market_features' and 'market_regime'"):
+        OnlinePredictorBlock(detector, "pred_regime", inputs="defi_gas")

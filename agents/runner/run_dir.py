@@ -137,12 +137,16 @@ class OnlinePredictorBlock:
     Follows the training walk (``predictors.provider.WalkForwardProvider._walk``) one bar at a
     time, as :class:`agents.runner.arb_predictors.OnlineDefiPredictor` does for arbitrage:
 
-    * **Inputs**: the predictor's own features (the ``feature_names`` it was fitted with, from
-      the run's ``predictors/manifest.json``), computed from the bars by a
+    * **Inputs** (``agents.predictor_blocks.market_series``): ``market_features``: the
+      predictor's own features (the ``feature_names`` it was fitted with, from the run's
+      ``predictors/manifest.json``), computed from the bars by a
       :class:`~agents.runner.features.StreamingFeatures` of its own (the online twin of
-      ``envs.features.compute_features``, which ``agents.predictor_blocks.market_series``
-      feeds the walk), for asset ``asset``; the target is the bar's log return
-      ``log(c_t / c_{t-1})`` (``target: log_return``) or nothing (``target: none``).
+      ``envs.features.compute_features``), for asset ``asset``; the target is the bar's log
+      return ``log(c_t / c_{t-1})`` (``target: log_return``) or nothing (``target: none``).
+      ``market_regime``: the predictor's ``prepare(close, **prepare_kwargs)`` over the last
+      ``long + 1`` closes (its longest rolling statistic plus the return's previous close), so
+      equal to the walk's features up to float rounding; no targets (the learned detector's
+      recorded regime labels do not exist live, so it cannot learn online here).
     * **Predict**: from the first bar whose window holds ``window`` defined feature rows; the
       row at bar ``t`` is ``predict_block`` on the last ``window`` feature rows with the model
       as of ``t``'s chunk. Before that the row is ``fill_value`` with ``valid = 0``.
@@ -168,6 +172,8 @@ class OnlinePredictorBlock:
         fit_end_ns: timestamp (ns) of the last fitted bar; None: chunks start at the first
             bar that can be learnt from.
         extra_names: extra columns the bars carry (for ``extra:`` features).
+        inputs: ``market_features`` or ``market_regime``.
+        prepare_kwargs: ``market_regime`` only: arguments of ``prepare`` (``short``, ``long``).
     """
 
     def __init__(
@@ -184,8 +190,18 @@ class OnlinePredictorBlock:
         fill_value: float = 0.0,
         fit_end_ns: int | None = None,
         extra_names: Sequence[str] = (),
+        inputs: str = "market_features",
+        prepare_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         from agents.runner.features import StreamingFeatures
+
+        if inputs not in ("market_features", "market_regime"):
+            raise ConfigError(
+                f"predictor block {name!r}: inputs {inputs!r}; the market runner computes "
+                "'market_features' and 'market_regime'"
+            )
+        self.inputs = inputs
+        self.prepare_kwargs = dict(prepare_kwargs or {})
 
         self.name = str(name)
         self.predictor = predictor
@@ -196,9 +212,22 @@ class OnlinePredictorBlock:
                 f"predictor was fitted on {list(predictor.feature_names)}"
             )
         self.feature_names = names
-        # Checked here (a ConfigError naming the feature), used per bar.
-        StreamingFeatures(names, 1, tuple(extra_names))
         self.extra_names = tuple(extra_names)
+        if inputs == "market_regime":
+            if online and predictor.kind == "regime_learned":
+                raise ConfigError(
+                    f"predictor block {name!r}: a learned regime detector learns online from the "
+                    "dataset's recorded regime labels, which live bars do not carry; train it "
+                    "with provider.online=false to run it"
+                )
+            config = getattr(predictor, "config", None)
+            longest = int(self.prepare_kwargs.get("long", getattr(config, "long", 96)))
+            self.lookback = longest + 1
+            target = "none"
+        else:
+            # Checked here (a ConfigError naming the feature), used per bar.
+            StreamingFeatures(names, 1, tuple(extra_names))
+            self.lookback = 0
         if target not in ("log_return", "none"):
             raise ConfigError(
                 f"predictor block {name!r}: target {target!r}, expected 'log_return' or 'none'"
@@ -237,6 +266,7 @@ class OnlinePredictorBlock:
         """Back to the predictor as loaded (online learning discarded) and no history."""
         self.predictor = copy.deepcopy(self._pristine)
         self._features: Any = None
+        self._closes = np.zeros(self.lookback)
         self._feats = np.zeros((self.history, len(self.feature_names)))
         self._targs = np.zeros((self.history, 1 if self.target == "log_return" else 0))
         self._prev_close: float | None = None
@@ -263,10 +293,34 @@ class OnlinePredictorBlock:
         """Bars before the block's first prediction (0 once it predicts)."""
         if self.last_row[-1] == 1.0:
             return 0
-        ready = None if self._features is None else self._features.ready_from
+        ready = self._ready()
         if ready is None:  # extra columns not seen yet: at least the fixed warm-up
             ready = 0 if self._features is None else self._features.warmup
         return max(1, int(ready) + self.window - self._rows)
+
+    def _ready(self) -> int | None:
+        """First bar whose features are all defined (None: not known yet)."""
+        if self.inputs == "market_regime":
+            return 0  # regime_features are defined from the first close (expanding at first)
+        return None if self._features is None else self._features.ready_from
+
+    def _feature_row(self, timestamp: int, ohlcv: np.ndarray, extra: np.ndarray | None) -> Any:
+        from agents.runner.features import StreamingFeatures
+
+        if not 0 <= self.asset < ohlcv.shape[0]:
+            raise ConfigError(
+                f"predictor block {self.name!r}: asset {self.asset} outside the bars' "
+                f"{ohlcv.shape[0]} assets"
+            )
+        if self.inputs == "market_regime":
+            self._closes[:-1] = self._closes[1:]
+            self._closes[-1] = ohlcv[self.asset, 3]
+            m = min(self._rows + 1, self.lookback)
+            series = self.predictor.prepare(self._closes[-m:], **self.prepare_kwargs)
+            return np.asarray(series.features[-1], dtype=np.float64)
+        if self._features is None:
+            self._features = StreamingFeatures(self.feature_names, ohlcv.shape[0], self.extra_names)
+        return self._features.push(int(timestamp), ohlcv, extra)[self.asset]
 
     def on_bar(
         self, timestamp: int, ohlcv: np.ndarray, extra: np.ndarray | None = None
@@ -275,21 +329,12 @@ class OnlinePredictorBlock:
 
         Runs a pending update first, so the prediction uses the model the walk would use.
         """
-        from agents.runner.features import StreamingFeatures
-
         self.maintain()
         ohlcv = np.asarray(ohlcv, dtype=np.float64)
-        if self._features is None:
-            if not 0 <= self.asset < ohlcv.shape[0]:
-                raise ConfigError(
-                    f"predictor block {self.name!r}: asset {self.asset} outside the bars' "
-                    f"{ohlcv.shape[0]} assets"
-                )
-            self._features = StreamingFeatures(self.feature_names, ohlcv.shape[0], self.extra_names)
-        row = self._features.push(int(timestamp), ohlcv, extra)
+        row = self._feature_row(int(timestamp), ohlcv, extra)
         close = float(ohlcv[self.asset, 3])
         self._feats[:-1] = self._feats[1:]
-        self._feats[-1] = row[self.asset]
+        self._feats[-1] = row
         if self._targs.shape[1]:
             self._targs[:-1] = self._targs[1:]
             # agents.predictor_blocks.next_bar_log_return: 0 at the first bar.
@@ -299,7 +344,7 @@ class OnlinePredictorBlock:
         self._rows += 1
         self.last_ts = int(timestamp)
         r = self._rows - 1  # this bar's index since the reset
-        ready = self._features.ready_from
+        ready = self._ready()
         if ready is None or r < ready + self.window - 1:
             return self.last_row, None
         pred = self.predictor.predict_block(
@@ -411,10 +456,10 @@ def load_predictor_blocks(
             str(name), node or {k: entry[k] for k in ("kind", "inputs") if k in entry}
         )
         inputs = entry.get("inputs", spec.inputs)
-        if inputs != "market_features":
+        if inputs not in ("market_features", "market_regime"):
             raise ConfigError(
                 f"{run.run_dir}: predictor {name!r} reads {inputs!r}; the market runner "
-                "computes 'market_features' inputs only"
+                "computes 'market_features' and 'market_regime' inputs"
             )
         sub = directory / str(entry.get("directory", name))
         if not sub.is_dir():
@@ -427,17 +472,21 @@ def load_predictor_blocks(
         fit_time = entry.get("fit_range_time")
         fit_end = None if not fit_time else iso_to_ns(fit_time[1], f"{manifest_path}: {name}")
         predictor = load_predictor(sub, device=device)
+        asset = int(kw.pop("asset", 0))
+        target = str(kw.pop("target", "log_return"))
         blocks[spec.block] = OnlinePredictorBlock(
             predictor,
             spec.block,
             feature_names=entry.get("feature_names"),
-            asset=int(kw.get("asset", 0)),
-            target=str(kw.get("target", "log_return")),
+            asset=asset,
+            target=target,
             columns=entry.get("columns"),
             online=bool(provider.get("online", True)),
             update_every=int(provider.get("update_every", 32)),
             fill_value=fill,
             fit_end_ns=fit_end,
             extra_names=extra_names,
+            inputs=str(inputs),
+            prepare_kwargs=kw if inputs == "market_regime" else None,
         )
     return blocks
