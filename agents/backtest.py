@@ -38,6 +38,8 @@ __all__ = [
     "SimulatedBroker",
     "arbitrage_snapshot",
     "bar_dict",
+    "load_replay_data",
+    "replay_history",
     "run_arbitrage_backtest",
     "run_backtest",
     "save_arbitrage_chart",
@@ -233,6 +235,7 @@ def run_backtest(
     dataset: MarketDataset,
     baselines: bool = True,
     progress: Callable[[int, TradeSignal], None] | None = None,
+    history: MarketDataset | None = None,
 ) -> BacktestResult:
     """Replay ``dataset`` through ``runner`` bar by bar and simulate its fills.
 
@@ -241,6 +244,10 @@ def run_backtest(
         dataset: the bars, from the first one (the runner warms up on them as live).
         baselines: also run buy-and-hold and flat through the same broker.
         progress: called with ``(bar, signal)`` after every bar.
+        history: bars before ``dataset`` fed to the runner's predictor blocks only
+            (``PolicyRunner.feed_predictors``), so online predictors reach the replay's first
+            bar as training's walk did (see :func:`replay_history`); ignored without
+            predictor blocks.
 
     Raises:
         DataError: the dataset's symbols do not match the runner's number of assets, or the
@@ -253,6 +260,11 @@ def run_backtest(
     if runner.n_assets > 1 or runner.symbols[0] == "asset":
         runner.symbols = tuple(dataset.symbols)
     runner.reset()
+    if history is not None and len(history) and getattr(runner, "predictor_blocks", None):
+        for t in range(len(history)):
+            runner.feed_predictors(bar_dict(history, t))
+            runner.maintain()
+        runner.reset(predictors=False)
     cfg = runner.execution
     vol_lookback = int(getattr(runner, "env_kwargs", {}).get("vol_lookback", 24))
     broker = SimulatedBroker(dataset, cfg, runner.initial_cash, vol_lookback)
@@ -367,6 +379,23 @@ def load_replay_data(
     if split not in parts:
         raise ConfigError(f"split: expected all, train, val or test, got {split!r}")
     return parts[split]
+
+
+def replay_history(
+    spec: str,
+    split: str,
+    train_share: float = 0.7,
+    val_share: float = 0.15,
+    seed: int = 0,
+) -> MarketDataset | None:
+    """The bars before ``split`` of the dataset :func:`load_replay_data` reads (None for
+    ``all`` or ``train``): what a run's online predictors walked through before that split."""
+    if split in ("all", "train"):
+        return None
+    full = load_replay_data(spec, "all", train_share, val_share, seed)
+    part = load_replay_data(spec, split, train_share, val_share, seed)
+    start = int(np.searchsorted(full.timestamps, part.timestamps[0]))
+    return full.slice(0, start) if start > 0 else None
 
 
 def paper_trade(

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.backtest import (
     load_replay_data,
+    replay_history,
     run_arbitrage_backtest,
     run_backtest,
     save_arbitrage_chart,
@@ -85,7 +86,17 @@ def main(cfg: DictConfig) -> None:
             float(cfg.val_share),
             int(cfg.seed),
         )
-        result = run_backtest(runner, data, baselines=bool(cfg.baselines))
+        history = None
+        if getattr(runner, "predictor_blocks", None):
+            # Online predictors continue from where training's walk reached the split.
+            history = replay_history(
+                str(cfg.dataset),
+                str(cfg.split),
+                float(cfg.train_share),
+                float(cfg.val_share),
+                int(cfg.seed),
+            )
+        result = run_backtest(runner, data, baselines=bool(cfg.baselines), history=history)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -227,3 +227,26 @@ def test_regime_block_equals_the_walk_without_a_training_run() -> None:
     np.testing.assert_allclose(np.stack(rows), walked, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="computes 'market_features' and 'market_regime'"):
         OnlinePredictorBlock(detector, "pred_regime", inputs="defi_gas")
+
+
+def test_backtest_feeds_predictors_the_bars_before_the_split(lstm_run: Path) -> None:
+    from agents.backtest import load_replay_data, replay_history, run_backtest
+
+    runner = PolicyRunner.from_run(lstm_run, device="cpu")
+    data = runner.config["data"]
+    spec = f"synthetic:{data['generator']}:{data['n_bars']}"
+    seed = int(runner.config["seed"])
+    shares = float(data.get("train", 0.7)), float(data.get("val", 0.15))
+    test = load_replay_data(spec, "test", *shares, seed)
+    history = replay_history(spec, "test", *shares, seed)
+    assert replay_history(spec, "all", *shares, seed) is None
+    assert history is not None and history.timestamps[-1] < test.timestamps[0]
+    # With history the block reaches the replay's first bar having walked (and learned from)
+    # every bar before the split, as the env's test block did; without it, it starts cold.
+    cold = run_backtest(runner, test, baselines=False)
+    block = runner.predictor_blocks["pred_lstm"]
+    cold_updates, cold_rows = block.updates, block.rows_seen
+    warm = run_backtest(runner, test, baselines=False, history=history)
+    assert block.rows_seen == cold_rows + len(history)
+    assert block.updates > cold_updates
+    assert len(warm.equity["sac"]) == len(cold.equity["sac"])

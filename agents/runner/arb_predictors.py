@@ -26,10 +26,10 @@ arrived during it. :class:`OnlineDefiPredictor` runs the same protocol one snaps
   next prediction. Same result as the provider's walk, but the 2-5 ms gradient step is off the
   decision's critical path (issue 8: on_bar p99 under load).
 
-Known difference to the training blocks: ``Predictor.save`` does not persist the replay buffer
-the fit seeded (``GaussianForecaster.fit`` pushes its recent training samples), so a loaded
-predictor's first online steps rehearse nothing; the trained env's walk rehearsed the training
-samples. Predictions before the first update are unaffected.
+A saved predictor carries its online state (the replay buffer its fit seeded and the replay
+RNG), so a loaded predictor learns exactly as the training walk did. What remains is float
+rounding: the walk predicts a chunk as one batch, the runner one row at a time (float32 matrix
+products round differently by batch size; about 1e-9 on values of 1e-3).
 """
 
 from __future__ import annotations
