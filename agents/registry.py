@@ -76,7 +76,8 @@ def build_agent(
     if kind == "mbpo":
         from agents.mbpo import MBPO, MBPOConfig
 
-        return MBPO(env.observation_space, env.action_space, MBPOConfig.from_dict(params))
+        # for_env: with trading_aware it reads the env's accounting spec (MarketTrading-v0).
+        return MBPO.for_env(env, MBPOConfig.from_dict(params))
     if kind == "pets":
         from agents.pets import PETS, PETSConfig
 

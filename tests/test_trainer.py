@@ -139,3 +139,48 @@ def test_optuna_search_runs_trials_and_keeps_the_best(tmp_path: Path) -> None:
     assert set(summary["best"]["params"]) == set(cfg.agent.search_space)
     assert (tmp_path / "study.json").is_file()
     assert (tmp_path / "trial_000" / "metrics.json").is_file()
+
+
+MODEL_BASED_TINY = {
+    "mbpo": [
+        "agent=mbpo",
+        "agent.params.learning_starts=100",
+        "agent.params.model_train_freq=100",
+        "agent.params.rollout_batch_size=50",
+        "agent.params.updates_per_step=1",
+        "agent.params.sac.batch_size=32",
+        "agent.params.sac.net_arch=[32,32]",
+        "agent.params.ensemble.hidden=[32,32]",
+        "agent.params.ensemble.ensemble_size=3",
+        "agent.params.ensemble.num_elites=2",
+        "agent.params.model_training.max_epochs=3",
+    ],
+    "pets": [
+        "agent=pets",
+        "agent.params.learning_starts=100",
+        "agent.params.model_train_freq=100",
+        "agent.params.horizon=5",
+        "agent.params.population=20",
+        "agent.params.planner_elites=5",
+        "agent.params.iterations=2",
+        "agent.params.particles=2",
+        "agent.params.ensemble.hidden=[32,32]",
+        "agent.params.ensemble.ensemble_size=3",
+        "agent.params.ensemble.num_elites=2",
+        "agent.params.model_training.max_epochs=3",
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("agent", "env"),
+    [("mbpo", "pendulum"), ("pets", "pendulum"), ("mbpo_trading_aware", "market")],
+)
+def test_model_based_agents_train_through_the_cli(agent: str, env: str, tmp_path: Path) -> None:
+    overrides = list(MODEL_BASED_TINY[agent.split("_")[0]])
+    if agent == "mbpo_trading_aware":
+        overrides.append("agent.params.trading_aware=true")
+    extra = ["env.kwargs.episode_length=100"] if env == "market" else []
+    cfg = _compose([*overrides, f"env={env}", *extra, *TINY])
+    metrics = train(cfg, tmp_path)
+    _check_run_dir(tmp_path, metrics)
