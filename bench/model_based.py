@@ -12,10 +12,10 @@ MBPO's settings (:func:`mbpo_bench_config`) are taken from Janner et al. 2019 an
 MBPO configs, not tuned on these seeds: a fit every 250 steps, 100,000 one-step branched
 rollouts per fit, the model buffer holding one fit's rollouts, 5% real data, 20 SAC updates per
 real step, SAC lr 3e-4. PETS (CEM, the ``agent=pets`` default planner; horizon 20, population
-200, 4 iterations, 1 particle, expectation propagation, lighter than ``configs/agent/pets.yaml``
-so a CPU can plan at all) plans every action through the ensemble; its row also prints the
-measured seconds per planned action, because on a shared CPU a 5-episode eval (1,000 planned
-actions) takes many minutes and the step cap may be what ends its run.
+200, 4 iterations, 1 particle, expectation propagation: ``configs/agent/pets.yaml``, lighter
+than the PETS paper's so a CPU can plan at all) plans every action through the ensemble; its
+row also prints the measured seconds per planned action, because on a shared CPU a 5-episode
+eval (1,000 planned actions) takes many minutes and the step cap may be what ends its run.
 
 The agents can be run as separate processes (``--agents mbpo --out-json a.json`` ...) and the
 results printed together with ``--combine a.json b.json ...``. Wall times depend on the machine
