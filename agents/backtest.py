@@ -746,7 +746,9 @@ def run_arbitrage_backtest(
     name = str(getattr(runner, "config", {}).get("agent", {}).get("name", "policy"))
     metrics = {name: _arb_totals(episodes)}
     if baselines:
-        base_kwargs = dict(kwargs, action_mode="continuous", continuous_size="max")
+        base_kwargs = dict(
+            kwargs, action_mode="continuous", continuous_size="max", continuous_bid="max"
+        )
         for base in ("threshold", "oracle"):
             share = evaluate_policy_share(make_baseline(base), seeds, base_kwargs)
             eps = [

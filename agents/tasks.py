@@ -276,13 +276,14 @@ def _arbitrage_task(cfg: DictConfig) -> Task:
         val_env = gym.make(env_id, **eval_kwargs)
         test_env = gym.make(env_id, **eval_kwargs)
     # The oracle and the threshold rule act in the continuous mode with sizes in units of
-    # max_trade_size; on the same seeds they see the same market paths as the agent's (possibly
-    # discrete, or optimum-relative) test env.
+    # max_trade_size and bids in units of the max tip; on the same seeds they see the same
+    # market paths as the agent's (possibly discrete, or optimum-relative) test env.
     test_cfg = test_env.unwrapped.cfg
+    max_units = {"action_mode": "continuous", "continuous_size": "max", "continuous_bid": "max"}
     baseline_env = (
         test_env
-        if test_cfg.action_mode == "continuous" and test_cfg.continuous_size == "max"
-        else gym.make(env_id, **dict(eval_kwargs, action_mode="continuous", continuous_size="max"))
+        if all(getattr(test_cfg, k) == v for k, v in max_units.items())
+        else gym.make(env_id, **dict(eval_kwargs, **max_units))
     )
 
     def baseline(name: str) -> Callable[[gym.Env], Policy]:

@@ -96,6 +96,7 @@ class ArbConfig:
     bid_levels: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5)
     size_reference: str = "optimal"
     continuous_size: str = "max"
+    continuous_bid: str = "max"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -163,6 +164,10 @@ class ArbConfig:
         if self.continuous_size not in ("optimal", "max"):
             raise ConfigError(
                 f"continuous_size must be 'optimal' or 'max', got {self.continuous_size!r}"
+            )
+        if self.continuous_bid not in ("surplus", "max"):
+            raise ConfigError(
+                f"continuous_bid must be 'surplus' or 'max', got {self.continuous_bid!r}"
             )
 
     @property
@@ -487,6 +492,18 @@ def opportunity_table(
 # Actions -> intents.
 
 
+def _surplus_per_gwei(cfg, want, state, scen, n, row, bid, ask) -> np.ndarray:
+    """Tip (gwei) that would hand the whole expected surplus of the intended trade ``want``
+    ``(N, S)`` (gross at the observed reserves minus gas at the base fee) to the block builder."""
+    dx = np.zeros((want.shape[0], cfg.n_directions))
+    dx[:, 0::2] = np.maximum(want, 0.0)
+    dx[:, 1::2] = np.maximum(-want, 0.0)
+    gross = np.where(dx > 0, _gross(cfg, dx, state.x, state.y, bid, ask), 0.0).sum(axis=1)
+    gas_per_gwei = cfg.gas_units * GWEI * scen.native_price[n, row]
+    surplus = np.maximum(gross - scen.base_fee[n, row] * gas_per_gwei, 0.0)
+    return surplus / gas_per_gwei
+
+
 def decode_actions(
     cfg: ArbConfig, actions: np.ndarray, state: ArbState, scen: ScenarioBatch
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -497,7 +514,9 @@ def decode_actions(
     or with ``continuous_size="optimal"`` the signed fraction of the closed-form optimal size of
     that direction at the observed state (zero when that direction is not profitable before
     gas; capped at ``max_trade_size``); ``|a| < dead_zone`` sends nothing; ``a[S]`` in [0, 1]
-    is the tip as a fraction of ``max_priority_fee_gwei``. Discrete: 0 is no-op;
+    is the tip as a fraction of ``max_priority_fee_gwei``, or with ``continuous_bid="surplus"``
+    the share of the intended trade's expected surplus (gross at the observed reserves minus gas
+    at the base fee) handed to the builder as tip (capped at the max tip). Discrete: 0 is no-op;
     ``1 + (d * n_size + s) * n_bid + b`` trades direction ``d`` at size level ``s`` (a fraction
     of the closed-form optimum at the observed state, or of ``max_trade_size``) and bid level
     ``b``. Sizes are clipped to what the balances, inventory limits and gas reserve (at the
@@ -520,6 +539,9 @@ def decode_actions(
             want = frac * np.minimum(ref, cfg.max_trade_size)
         else:
             want = frac * cfg.max_trade_size
+        if cfg.continuous_bid == "surplus":
+            per_gwei = _surplus_per_gwei(cfg, want, state, scen, n, row, bid, ask)
+            tip = np.minimum(np.clip(a[:, slots], 0.0, 1.0) * per_gwei, cfg.max_priority_fee_gwei)
     else:
         a = np.asarray(actions, dtype=np.int64).reshape(nn)
         ns, nb = len(cfg.size_levels), len(cfg.bid_levels)
@@ -795,7 +817,19 @@ def core_oracle_action(cfg: ArbConfig, state: ArbState, scen: ScenarioBatch) -> 
         ok = (best > 0) & (tip < cfg.max_priority_fee_gwei)
         act[:, s] = np.where(ok, best_a, 0.0)
         tips = np.maximum(tips, np.where(ok, tip, 0.0))
-    act[:, -1] = np.minimum(tips / cfg.max_priority_fee_gwei, 1.0)
+    if cfg.continuous_bid == "surplus":
+        # The tip as a share of the surplus decode_actions computes for these sizes.
+        want = act[:, :-1] * np.where(
+            act[:, :-1] > 0,
+            np.minimum(free_size[:, 0::2], cfg.max_trade_size),
+            np.minimum(free_size[:, 1::2], cfg.max_trade_size),
+        )
+        if cfg.continuous_size != "optimal":
+            want = act[:, :-1] * cfg.max_trade_size
+        per_gwei = _surplus_per_gwei(cfg, want, state, scen, n, row, bid, ask)
+        act[:, -1] = np.minimum(tips / np.where(per_gwei > 0, per_gwei, np.inf), 1.0)
+    else:
+        act[:, -1] = np.minimum(tips / cfg.max_priority_fee_gwei, 1.0)
     return act
 
 
@@ -1040,7 +1074,7 @@ def oracle_run_profit(
     (``path_oracle_profit``), it does not depend on the policy being evaluated and does not
     count a gap the policy left open once per block it stays open.
     """
-    ocfg = replace(cfg, action_mode="continuous", continuous_size="max")
+    ocfg = replace(cfg, action_mode="continuous", continuous_size="max", continuous_bid="max")
     state = take_rows(state0, np.arange(state0.t.shape[0]))
     while np.any(state.t < episode_length):
         act = core_oracle_action(ocfg, state, scen)

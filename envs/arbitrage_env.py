@@ -276,7 +276,10 @@ class ArbitrageEnv(gym.Env):
     direction is unprofitable before gas), so a policy decides whether, how much of the
     optimum, and at which bid, rather than re-deriving the AMM maths.
     ``|a[s]| < dead_zone`` sends nothing (so a policy can abstain without paying gas). ``a[S]``
-    in [0, 1] is the priority-fee bid as a fraction of ``max_priority_fee_gwei``.
+    in [0, 1] is the priority-fee bid as a fraction of ``max_priority_fee_gwei``, or with
+    ``continuous_bid="surplus"`` the share of the intended trade's expected surplus (gross at the
+    observed reserves minus gas at the base fee) offered to the builder as tip, capped at the
+    max tip: the unit searchers bid in, and the one competitors' bids scale with.
     ``action_mode="discrete"``: ``Discrete(1 + 2*S*len(size_levels)*len(bid_levels))``: 0 is
     no-op, then every (direction, size level, bid level); size levels are fractions of the
     closed-form optimal size at the observed state (``size_reference="optimal"``) or of
@@ -357,7 +360,8 @@ class ArbitrageEnv(gym.Env):
     - ``cex_fee``: CEX taker fee (0.0005).
     - ``action_mode``, ``size_levels`` (0.5, 1.0), ``bid_levels`` (0, 0.1, 0.25, 0.5: competitor
       bids scale with the opportunity, so a ladder of bids matters), ``size_reference``
-      ("optimal", discrete), ``continuous_size`` ("max" or "optimal"): see Action Space.
+      ("optimal", discrete), ``continuous_size`` ("max" or "optimal"), ``continuous_bid``
+      ("max" or "surplus"): see Action Space.
     - ``max_trade_size``: largest trade in base units (20; the 99th percentile of optimal
       sizes in the default scenario is about 10); ``dead_zone``: 0.05.
     - ``max_priority_fee_gwei``: tip at bid 1.0 (300 gwei).

@@ -450,3 +450,45 @@ def test_continuous_size_optimal_scales_the_closed_form_optimum():
     assert checked > 0
     with pytest.raises(ConfigError, match="continuous_size"):
         ArbitrageEnv(continuous_size="half")
+
+
+def test_continuous_bid_surplus_hands_a_share_of_the_expected_surplus():
+    env = ArbitrageEnv(episode_length=200, continuous_size="optimal", continuous_bid="surplus")
+    env.reset(seed=7)
+    cfg, checked = env.cfg, 0
+    for _ in range(200):
+        state, scen = env.state, env.scenario_batch
+        n, row = np.array([0]), state.row0 + state.t
+        bid, ask = core._cex_prices(cfg, scen.ref_price[n, row], scen.spread[n, row])
+        free, _ = core._unconstrained(cfg, state.x, state.y, bid, ask)
+        for a0, d in ((1.0, 0), (-1.0, 1)):
+            _, tip = core.decode_actions(cfg, np.array([[a0, 0.5]]), state, scen)
+            gas_per_gwei = cfg.gas_units * core.GWEI * scen.native_price[0, row[0]]
+            want = min(free[0, d], cfg.max_trade_size)
+            dx = np.zeros((1, 2))
+            dx[0, d] = want
+            g = core._gross(cfg, dx, state.x, state.y, bid, ask)[0, d] if want > 0 else 0.0
+            surplus = max(g - scen.base_fee[0, row[0]] * gas_per_gwei, 0.0)
+            expected = min(0.5 * surplus / gas_per_gwei, cfg.max_priority_fee_gwei)
+            assert tip[0] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+            checked += expected > 0
+        env.step(np.zeros(2, np.float32))
+    assert checked > 0
+    with pytest.raises(ConfigError, match="continuous_bid"):
+        ArbitrageEnv(continuous_bid="all")
+
+
+def test_oracle_action_round_trips_through_every_action_unit():
+    from envs.arbitrage_baselines import evaluate_policy_share, make_baseline
+
+    profits = [
+        evaluate_policy_share(
+            make_baseline("oracle"),
+            seeds=[10_000, 10_001],
+            env_kwargs={"episode_length": 150, "continuous_size": cs, "continuous_bid": cb},
+        )["profits"]
+        for cs, cb in (("max", "max"), ("optimal", "max"), ("optimal", "surplus"))
+    ]
+    # Equal up to the float32 rounding of actions through the Gym API.
+    np.testing.assert_allclose(profits[1], profits[0], rtol=1e-6)
+    np.testing.assert_allclose(profits[2], profits[0], rtol=1e-6)
