@@ -95,6 +95,7 @@ class ArbConfig:
     size_levels: tuple[float, ...] = (0.5, 1.0)
     bid_levels: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5)
     size_reference: str = "optimal"
+    bid_reference: str = "max"
     continuous_size: str = "max"
     continuous_bid: str = "max"
 
@@ -164,6 +165,10 @@ class ArbConfig:
         if self.continuous_size not in ("optimal", "max"):
             raise ConfigError(
                 f"continuous_size must be 'optimal' or 'max', got {self.continuous_size!r}"
+            )
+        if self.bid_reference not in ("surplus", "max"):
+            raise ConfigError(
+                f"bid_reference must be 'surplus' or 'max', got {self.bid_reference!r}"
             )
         if self.continuous_bid not in ("surplus", "max"):
             raise ConfigError(
@@ -519,8 +524,9 @@ def decode_actions(
     at the base fee) handed to the builder as tip (capped at the max tip). Discrete: 0 is no-op;
     ``1 + (d * n_size + s) * n_bid + b`` trades direction ``d`` at size level ``s`` (a fraction
     of the closed-form optimum at the observed state, or of ``max_trade_size``) and bid level
-    ``b``. Sizes are clipped to what the balances, inventory limits and gas reserve (at the
-    chosen tip) allow: never trade what is not held.
+    ``b`` (a fraction of the max tip, or with ``bid_reference="surplus"`` a share of the
+    expected surplus as above). Sizes are clipped to what the balances, inventory limits and gas
+    reserve (at the chosen tip) allow: never trade what is not held.
     """
     nn = state.t.shape[0]
     n = np.arange(nn)
@@ -556,9 +562,14 @@ def decode_actions(
         else:
             ref = np.full(nn, cfg.max_trade_size)
         mag = np.where(a > 0, np.minimum(level * ref, cfg.max_trade_size), 0.0)
-        tip = np.where(a > 0, np.asarray(cfg.bid_levels)[b] * cfg.max_priority_fee_gwei, 0.0)
+        share = np.where(a > 0, np.asarray(cfg.bid_levels)[b], 0.0)
         want = np.zeros((nn, slots))
         want[n, d // 2] = np.where(d % 2 == 0, 1.0, -1.0) * mag
+        if cfg.bid_reference == "surplus":
+            per_gwei = _surplus_per_gwei(cfg, want, state, scen, n, row, bid, ask)
+            tip = np.minimum(share * per_gwei, cfg.max_priority_fee_gwei)
+        else:
+            tip = share * cfg.max_priority_fee_gwei
     gas_cost = cfg.gas_units * (scen.base_fee[n, row] + tip) * GWEI * scen.native_price[n, row]
     cap = _caps(cfg, state.bal, state.x, state.y, ask, gas_cost)
     size = np.where(want > 0, np.minimum(want, cap[:, 0::2]), -np.minimum(-want, cap[:, 1::2]))

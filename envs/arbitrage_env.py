@@ -283,8 +283,10 @@ class ArbitrageEnv(gym.Env):
     ``action_mode="discrete"``: ``Discrete(1 + 2*S*len(size_levels)*len(bid_levels))``: 0 is
     no-op, then every (direction, size level, bid level); size levels are fractions of the
     closed-form optimal size at the observed state (``size_reference="optimal"``) or of
-    ``max_trade_size``. ``action_masks()`` marks directions the balances cannot fund.
-    Sizes are always clipped to balances, inventory limits and the gas reserve.
+    ``max_trade_size``; bid levels are fractions of the max tip, or with
+    ``bid_reference="surplus"`` shares of the expected surplus as for ``continuous_bid``.
+    ``action_masks()`` marks directions the balances cannot fund. Sizes are always clipped to
+    balances, inventory limits and the gas reserve.
 
     ## Observation Space
 
@@ -360,8 +362,9 @@ class ArbitrageEnv(gym.Env):
     - ``cex_fee``: CEX taker fee (0.0005).
     - ``action_mode``, ``size_levels`` (0.5, 1.0), ``bid_levels`` (0, 0.1, 0.25, 0.5: competitor
       bids scale with the opportunity, so a ladder of bids matters), ``size_reference``
-      ("optimal", discrete), ``continuous_size`` ("max" or "optimal"), ``continuous_bid``
-      ("max" or "surplus"): see Action Space.
+      ("optimal", discrete), ``bid_reference`` ("max" or "surplus", discrete),
+      ``continuous_size`` ("max" or "optimal"), ``continuous_bid`` ("max" or "surplus"): see
+      Action Space.
     - ``max_trade_size``: largest trade in base units (20; the 99th percentile of optimal
       sizes in the default scenario is about 10); ``dead_zone``: 0.05.
     - ``max_priority_fee_gwei``: tip at bid 1.0 (300 gwei).

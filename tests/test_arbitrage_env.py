@@ -492,3 +492,30 @@ def test_oracle_action_round_trips_through_every_action_unit():
     # Equal up to the float32 rounding of actions through the Gym API.
     np.testing.assert_allclose(profits[1], profits[0], rtol=1e-6)
     np.testing.assert_allclose(profits[2], profits[0], rtol=1e-6)
+
+
+def test_discrete_bid_reference_surplus_matches_the_continuous_unit():
+    kw = {"episode_length": 100, "size_reference": "optimal"}
+    disc = ArbitrageEnv(action_mode="discrete", bid_reference="surplus", **kw)
+    cont = ArbitrageEnv(continuous_size="optimal", continuous_bid="surplus", **kw)
+    disc.reset(seed=4)
+    cont.reset(seed=4)
+    cfg = disc.cfg
+    n_size, n_bid = len(cfg.size_levels), len(cfg.bid_levels)
+    checked = 0
+    for _ in range(100):
+        for d, sign in ((0, 1.0), (1, -1.0)):
+            for b, level in enumerate(cfg.bid_levels):
+                code = 1 + (d * n_size + (n_size - 1)) * n_bid + b  # full optimal size
+                _, tip_d = core.decode_actions(
+                    cfg, np.array([code]), disc.state, disc.scenario_batch
+                )
+                act = np.array([[sign * cfg.size_levels[-1], level]])
+                _, tip_c = core.decode_actions(cont.cfg, act, cont.state, cont.scenario_batch)
+                assert tip_d[0] == pytest.approx(tip_c[0], rel=1e-12, abs=1e-12)
+                checked += tip_d[0] > 0
+        disc.step(0)
+        cont.step(np.zeros(2, np.float32))
+    assert checked > 0
+    with pytest.raises(ConfigError, match="bid_reference"):
+        ArbitrageEnv(action_mode="discrete", bid_reference="x")
