@@ -29,15 +29,6 @@ TINY = {"window": 6, "hidden_size": 8, "max_epochs": 2, "batch_size": 64}
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin contention.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def ar_data(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     x = ar1(n, seed=seed)
     return np.stack([x, np.abs(x)], axis=1), x[:, None]

@@ -8,21 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from predictors import GasPricePredictor, LiquidityPredictor, OnlineGRU, OnlineLSTM
 from predictors.toy_series import ar1, gas_like, pool_like
 
 Z_90 = 1.6448536269514722
 FAST = {"hidden_size": 16, "max_epochs": 12, "batch_size": 128, "lr": 1e-2, "patience": 3}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_errors(model, feats, targs, train_end, j, horizon):

@@ -20,14 +20,6 @@ from predictors.toy_series import ar1
 TINY = {"window": 12, "hidden_size": 8, "max_epochs": 2, "batch_size": 64, "online_bptt": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def ar_data(n: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     x = ar1(n, seed=seed)
     return np.stack([x, np.abs(x)], axis=1), x[:, None]

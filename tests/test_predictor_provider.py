@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from envs.errors import ConfigError, DataError
 from envs.observation import ObservationBuilder
@@ -12,14 +11,6 @@ from predictors import OnlineLSTM, WalkForwardProvider, block_spec, stack_blocks
 from predictors.toy_series import ar1
 
 TINY = {"window": 6, "hidden_size": 8, "max_epochs": 2, "batch_size": 64, "seed": 3}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def series(n: int = 900, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

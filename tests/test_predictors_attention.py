@@ -18,15 +18,6 @@ from predictors import (
 )
 from predictors.attention import CausalSelfAttention
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 EXTRACTORS = [
     lambda: MultiScaleAttention(3, 16, scales=(1, 4, 8), n_heads=2),
     lambda: TemporalDecayAttention(3, 16, n_heads=2),

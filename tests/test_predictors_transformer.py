@@ -19,14 +19,6 @@ Z_90 = 1.6448536269514722
 FAST = {"hidden_size": 16, "max_epochs": 12, "lr": 1e-2, "patience": 3, "n_heads": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def ar1(n: int, phi: float, noise: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = np.zeros(n)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from envs.errors import ConfigError, DataError
 from predictors import (
@@ -23,14 +22,6 @@ from predictors.vae import regime_windows, window_moments
 W = 16
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"window": W, "max_epochs": 25, "lr": 1e-2, "batch_size": 256, "patience": 5}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def two_regime_series(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

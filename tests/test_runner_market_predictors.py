@@ -26,14 +26,6 @@ from predictors.provider import WalkForwardProvider
 UPDATE_EVERY = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def lstm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train(

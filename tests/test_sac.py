@@ -17,16 +17,6 @@ from agents.checkpoint import CheckpointError
 from agents.sac import SAC, SACConfig, SquashedGaussianActor
 from envs.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny networks on a shared CPU: one intra-op thread avoids oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SMALL = {"net_arch": [32, 32], "batch_size": 32, "learning_starts": 50, "log_interval": 50}
 
 

@@ -15,15 +15,6 @@ from agents.replay import ReplayBatch
 from agents.sac import SAC, SACConfig
 from agents.sac_explicit import ExplicitSACUpdate
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 OBS_SPACE = spaces.Box(-5.0, 5.0, (3,), np.float32)
 ACT_SPACE = spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32))
 

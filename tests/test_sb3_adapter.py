@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,6 @@ from envs.errors import ConfigError, DataError
 SMALL_NET = {"net_arch": [16], "activation_fn": "Tanh"}
 PPO_KW = {"n_steps": 64, "batch_size": 32, "n_epochs": 2}
 DQN_KW = {"learning_starts": 50, "buffer_size": 500, "batch_size": 16, "train_freq": 4}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    # The test machine is shared; small nets run faster on one thread than fighting for two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class MaskedChainEnv(gym.Env):
