@@ -36,7 +36,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from agents.replay import ReplayBatch, ReplayBuffer
 from agents.sac import SAC, SACConfig
 from agents.spaces import ObservationFlattener, space_from_dict, space_to_dict
 from agents.training_log import write_rollout_scalars
-from envs.errors import ConfigError
+from envs.errors import ConfigError, check_known_fields
 from world_models.dynamics import DynamicsModel, EnsembleDynamics
 from world_models.ensemble import EnsembleConfig
 from world_models.model_env import PROPAGATIONS, ModelEnv
@@ -113,12 +113,7 @@ class MBPOConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MBPOConfig:
         """Build from a plain dict (a checkpoint's or Hydra's); unknown keys are a ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"mbpo config: unknown fields {unknown}; expected some of {sorted(known)}"
-            )
+        check_known_fields(cls, values, "mbpo config")
         values = dict(values)
         for name in ("sac", "ensemble", "model_training"):
             values[name] = dict(values.get(name) or {})

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from agents.planning import CEMPlanner, MPPIPlanner
 from agents.replay import ReplayBuffer
 from agents.spaces import ObservationFlattener, space_from_dict, space_to_dict
 from agents.training_log import write_rollout_scalars
-from envs.errors import ConfigError
+from envs.errors import ConfigError, check_known_fields
 from world_models.dynamics import DynamicsModel, EnsembleDynamics
 from world_models.ensemble import EnsembleConfig
 from world_models.model_env import PROPAGATIONS, ModelEnv
@@ -104,12 +104,7 @@ class PETSConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PETSConfig:
         """Build from a plain dict (a checkpoint's or Hydra's); unknown keys are a ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"pets config: unknown fields {unknown}; expected some of {sorted(known)}"
-            )
+        check_known_fields(cls, values, "pets config")
         values = dict(values)
         for name in ("ensemble", "model_training"):
             values[name] = dict(values.get(name) or {})

@@ -34,7 +34,7 @@ import copy
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,7 +50,7 @@ from agents.checkpoint import atomic_torch_save, safe_torch_load
 from agents.networks import mlp
 from agents.replay import ReplayBatch, ReplayBuffer
 from agents.spaces import ObservationFlattener, space_from_dict, space_to_dict
-from envs.errors import ConfigError, DataError
+from envs.errors import ConfigError, DataError, check_known_fields
 
 _FORMAT = "marketrl.qlearning"
 _FORMAT_VERSION = 1
@@ -120,12 +120,7 @@ class QLearningConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> QLearningConfig:
         """Build a config from a plain mapping (Hydra node, checkpoint), rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"QLearningConfig: unknown field(s) {unknown}; known: {sorted(known)}"
-            )
+        check_known_fields(cls, values, "QLearningConfig")
         return cls(**dict(values))
 
 

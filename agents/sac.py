@@ -37,7 +37,7 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from agents.replay import ReplayBatch, ReplayBuffer
 from agents.sac_explicit import ExplicitSACUpdate, actor_action, actor_layers, squashed_sample
 from agents.spaces import ObservationFlattener, space_from_dict, space_to_dict
 from agents.training_log import write_rollout_scalars
-from envs.errors import ConfigError
+from envs.errors import ConfigError, check_known_fields
 
 __all__ = ["SAC", "SACConfig", "SquashedGaussianActor"]
 
@@ -127,12 +127,7 @@ class SACConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SACConfig:
         """Build from a plain dict (a checkpoint's or Hydra's); unknown keys are a ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"sac config: unknown fields {unknown}; expected some of {sorted(known)}"
-            )
+        check_known_fields(cls, values, "sac config")
         values = dict(values)
         if "net_arch" in values:
             values["net_arch"] = [int(w) for w in values["net_arch"]]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
 
 class DataError(ValueError):
     """Bad input data or configuration, with a message naming where and what was expected.
@@ -14,3 +18,18 @@ class DataError(ValueError):
 
 class ConfigError(ValueError):
     """A configuration value that cannot work, named by its field and the expected range."""
+
+
+def check_known_fields(cls: type, values: Mapping[str, Any], section: str) -> None:
+    """Raise ``ConfigError`` naming the keys of ``values`` that are not fields of dataclass
+    ``cls``, and the fields that are.
+
+    Args:
+        cls: a dataclass type (a config or limits schema).
+        values: the mapping about to be passed to ``cls(**values)``.
+        section: how the message names the config section (``"sac config"``, ``"guards"``).
+    """
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{section}: unknown fields {unknown}; known: {sorted(known)}")

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from envs.errors import ConfigError
+from envs.errors import ConfigError, check_known_fields
 from world_models.normalization import Normalizer
 
 __all__ = ["EnsembleConfig", "EnsembleLinear", "GaussianEnsemble", "gaussian_nll"]
@@ -77,12 +77,7 @@ class EnsembleConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], prefix: str = "ensemble") -> EnsembleConfig:
         """Build from a plain dict; unknown keys are a ``ConfigError``."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"{prefix}: unknown fields {unknown}; expected some of {sorted(known)}"
-            )
+        check_known_fields(cls, values, prefix)
         values = dict(values)
         if "hidden" in values:
             values["hidden"] = [int(w) for w in values["hidden"]]

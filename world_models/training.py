@@ -20,12 +20,12 @@ One call of :func:`train_ensemble`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from envs.errors import ConfigError, DataError
+from envs.errors import ConfigError, DataError, check_known_fields
 from world_models.ensemble import EnsembleLinear, GaussianEnsemble
 
 __all__ = ["EnsembleTrainConfig", "FitResult", "train_ensemble"]
@@ -68,12 +68,7 @@ class EnsembleTrainConfig:
         cls, values: dict[str, Any], prefix: str = "model_training"
     ) -> EnsembleTrainConfig:
         """Build from a plain dict; unknown keys are a ``ConfigError``."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"{prefix}: unknown fields {unknown}; expected some of {sorted(known)}"
-            )
+        check_known_fields(cls, values, prefix)
         config = cls(**values)
         config.validate(prefix)
         return config

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,7 @@ from agents.runner.market import to_ns
 from agents.signals import BUY, HOLD, SELL, Fill, SignalLeg, TradeSignal
 from envs import amm
 from envs import arbitrage_core as core
-from envs.errors import ConfigError
+from envs.errors import ConfigError, check_known_fields
 
 __all__ = ["ArbitrageRunner", "SnapshotGuards", "arbitrage_config"]
 
@@ -94,10 +94,7 @@ class SnapshotGuards:
     def from_dict(cls, values: Mapping[str, Any] | None) -> SnapshotGuards:
         """Build from a config mapping; unknown keys raise a ``ConfigError`` naming them."""
         values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"guards: unknown fields {unknown}; known: {sorted(known)}")
+        check_known_fields(cls, values, "guards")
         return cls(**values)
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from envs.errors import ConfigError
+from envs.errors import ConfigError, check_known_fields
 
 __all__ = ["BarGuards", "RiskLimits"]
 
@@ -115,10 +115,7 @@ class RiskLimits:
     def from_dict(cls, values: Mapping[str, Any] | None) -> RiskLimits:
         """Build from a config mapping; unknown keys raise a ``ConfigError`` naming them."""
         values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"limits: unknown fields {unknown}; known: {sorted(known)}")
+        check_known_fields(cls, values, "limits")
         return cls(**values)
 
     def anomaly_scale(self, score: float | None) -> float:
@@ -193,8 +190,5 @@ class BarGuards:
     def from_dict(cls, values: Mapping[str, Any] | None) -> BarGuards:
         """Build from a config mapping; unknown keys raise a ``ConfigError`` naming them."""
         values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"guards: unknown fields {unknown}; known: {sorted(known)}")
+        check_known_fields(cls, values, "guards")
         return cls(**values)
