@@ -206,7 +206,7 @@ class ArbitrageRunner:
         from agents.registry import load_agent
         from agents.runner.arb_predictors import load_arbitrage_predictors
         from agents.runner.policy import PolicyAdapter
-        from agents.runner.run_dir import load_run_files
+        from agents.runner.run_dir import attach_run, load_run_files
 
         run = load_run_files(run_dir, policy)
         if run.env_kind != "arbitrage":
@@ -230,16 +230,7 @@ class ArbitrageRunner:
             guards=guards,
             predictors=predictors,
         )
-        obs_dim = int(agent.flattener.dim) if hasattr(agent, "flattener") else None
-        if obs_dim is not None and runner.builder.flat_dim != obs_dim:
-            raise ConfigError(
-                f"{run.policy_path}: policy expects observations of width {obs_dim}, the "
-                f"arbitrage runner builds {runner.builder.flat_dim}"
-            )
-        runner.agent = agent
-        runner.run_dir = run.run_dir
-        runner.config = run.config
-        runner.env_kwargs = kwargs
+        attach_run(runner, agent, run, kwargs, "arbitrage runner")
         return runner
 
     # --- state ---------------------------------------------------------------------------------

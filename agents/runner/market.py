@@ -229,7 +229,12 @@ class PolicyRunner:
         """
         from agents.registry import load_agent
         from agents.runner.policy import PolicyAdapter
-        from agents.runner.run_dir import load_predictor_blocks, load_run_files, market_kwargs
+        from agents.runner.run_dir import (
+            attach_run,
+            load_predictor_blocks,
+            load_run_files,
+            market_kwargs,
+        )
         from envs.features.scaling import load_scaler
 
         run = load_run_files(run_dir, policy)
@@ -303,15 +308,7 @@ class PolicyRunner:
             guards=guards,
             predictor_blocks=blocks,
         )
-        if obs_dim is not None and runner.builder.flat_dim != obs_dim:
-            raise ConfigError(
-                f"{run.policy_path}: policy expects observations of width {obs_dim}, the "
-                f"runner builds {runner.builder.flat_dim}"
-            )
-        runner.agent = agent
-        runner.run_dir = run.run_dir
-        runner.config = run.config
-        runner.env_kwargs = kw
+        attach_run(runner, agent, run, kw, "runner")
         return runner
 
     # --- state ---------------------------------------------------------------------------------

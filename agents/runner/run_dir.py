@@ -108,6 +108,27 @@ def load_run_files(run_dir: str | Path, policy: str = "policy") -> RunFiles:
     return RunFiles(run_dir=run_dir, config=config, env_kind=str(kind), policy_path=path)
 
 
+def attach_run(
+    runner: Any, agent: Any, run: RunFiles, env_kwargs: dict[str, Any], what: str
+) -> None:
+    """Check that ``runner`` builds observations as wide as ``agent`` expects, then record the
+    agent, run directory, config and env kwargs on it (what both runners' ``from_run`` end with).
+
+    Raises:
+        ConfigError: the widths differ (``what`` names the runner in the message).
+    """
+    obs_dim = int(agent.flattener.dim) if hasattr(agent, "flattener") else None
+    if obs_dim is not None and runner.builder.flat_dim != obs_dim:
+        raise ConfigError(
+            f"{run.policy_path}: policy expects observations of width {obs_dim}, the "
+            f"{what} builds {runner.builder.flat_dim}"
+        )
+    runner.agent = agent
+    runner.run_dir = run.run_dir
+    runner.config = run.config
+    runner.env_kwargs = env_kwargs
+
+
 def market_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     """The market env arguments of a run, defaults filled from ``build_market_setup``.
 
