@@ -497,6 +497,15 @@ def opportunity_table(
 # Actions -> intents.
 
 
+def _continuous_want(cfg: ArbConfig, frac: np.ndarray, free_size: np.ndarray | None) -> np.ndarray:
+    """Signed intended sizes ``(N, S)`` of continuous size actions ``frac`` (before caps), in
+    the unit ``continuous_size`` names; ``free_size`` (the closed-form optima) when "optimal"."""
+    if cfg.continuous_size != "optimal":
+        return frac * cfg.max_trade_size
+    ref = np.where(frac > 0, free_size[:, 0::2], free_size[:, 1::2])
+    return frac * np.minimum(ref, cfg.max_trade_size)
+
+
 def _surplus_per_gwei(cfg, want, state, scen, n, row, bid, ask) -> np.ndarray:
     """Tip (gwei) that would hand the whole expected surplus of the intended trade ``want``
     ``(N, S)`` (gross at the observed reserves minus gas at the base fee) to the block builder."""
@@ -539,12 +548,10 @@ def decode_actions(
         frac = np.clip(a[:, :slots], -1.0, 1.0)
         frac = np.where(np.abs(frac) < cfg.dead_zone, 0.0, frac)
         tip = np.clip(a[:, slots], 0.0, 1.0) * cfg.max_priority_fee_gwei
+        free_size = None
         if cfg.continuous_size == "optimal":
             free_size, _ = _unconstrained(cfg, state.x, state.y, bid, ask)
-            ref = np.where(frac > 0, free_size[:, 0::2], free_size[:, 1::2])
-            want = frac * np.minimum(ref, cfg.max_trade_size)
-        else:
-            want = frac * cfg.max_trade_size
+        want = _continuous_want(cfg, frac, free_size)
         if cfg.continuous_bid == "surplus":
             per_gwei = _surplus_per_gwei(cfg, want, state, scen, n, row, bid, ask)
             tip = np.minimum(np.clip(a[:, slots], 0.0, 1.0) * per_gwei, cfg.max_priority_fee_gwei)
@@ -830,13 +837,7 @@ def core_oracle_action(cfg: ArbConfig, state: ArbState, scen: ScenarioBatch) -> 
         tips = np.maximum(tips, np.where(ok, tip, 0.0))
     if cfg.continuous_bid == "surplus":
         # The tip as a share of the surplus decode_actions computes for these sizes.
-        want = act[:, :-1] * np.where(
-            act[:, :-1] > 0,
-            np.minimum(free_size[:, 0::2], cfg.max_trade_size),
-            np.minimum(free_size[:, 1::2], cfg.max_trade_size),
-        )
-        if cfg.continuous_size != "optimal":
-            want = act[:, :-1] * cfg.max_trade_size
+        want = _continuous_want(cfg, act[:, :-1], free_size)
         per_gwei = _surplus_per_gwei(cfg, want, state, scen, n, row, bid, ask)
         act[:, -1] = np.minimum(tips / np.where(per_gwei > 0, per_gwei, np.inf), 1.0)
     else:
