@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.runner.online_walk import OnlineWalk
 from envs.errors import ConfigError
 
 __all__ = ["OnlineDefiPredictor", "feature_lookback", "load_arbitrage_predictors"]
@@ -67,7 +68,7 @@ def feature_lookback(predictor: Any) -> int:
     return longest + 1
 
 
-class OnlineDefiPredictor:
+class OnlineDefiPredictor(OnlineWalk):
     """One arbitrage predictor block, computed row by row from snapshots.
 
     Args:
@@ -154,16 +155,6 @@ class OnlineDefiPredictor:
         self.last_row = np.full(self.n_columns, self.fill_value, dtype=np.float32)
         self.last_row[-1] = 0.0
 
-    @property
-    def rows_seen(self) -> int:
-        """Rows pushed since the last reset."""
-        return self._rows
-
-    @property
-    def update_pending(self) -> bool:
-        """Whether a chunk closed and its online update has not run yet."""
-        return self._pending is not None
-
     def raw_inputs(self, snapshot: Mapping[str, Any]) -> np.ndarray:
         """The predictor's raw inputs of one parsed snapshot."""
         if self.inputs == "defi_gas":
@@ -206,34 +197,11 @@ class OnlineDefiPredictor:
         r = self._rows - 1  # index of this row since the reset
         if r < self.warmup:
             return self.last_row
-        pred = self.predictor.predict_block(
-            self._feats[-self.window :], np.array([self.window - 1])
-        )[0]
-        row = np.empty(self.n_columns, dtype=np.float32)
-        row[:-1] = pred
-        row[-1] = 1.0
-        self.last_row = row
+        row = self._predict_row()
         k = r - self.warmup  # rows predicted before this one
         if self.online and (k + 1) % self.update_every == 0:
-            # The chunk [end - U, end) closed: samples whose targets arrived in it
-            # (provider._walk: s + delay in [start, end)), in history coordinates.
-            end = r + 1
-            start = end - self.update_every
-            lo, hi = start - self.delay, end - self.delay
-            if hi > lo:
-                offset = r - (self.history - 1)  # series row of history index 0
-                self._pending = np.arange(lo, hi) - offset
+            self._close_chunk(r)
         return row
-
-    def maintain(self) -> bool:
-        """Run the pending online update, if any (between snapshots). True when one ran."""
-        if self._pending is None:
-            return False
-        rows, self._pending = self._pending, None
-        assert self._feats is not None and self._targs is not None
-        self.predictor.update(self.predictor.samples(self._feats, self._targs, rows))
-        self.updates += 1
-        return True
 
     def uncertainty(self) -> float | None:
         """Largest predicted std of the last row (None before the first prediction)."""

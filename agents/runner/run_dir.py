@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.runner.online_walk import OnlineWalk
 from envs.errors import ConfigError, DataError
 
 __all__ = ["OnlinePredictorBlock", "RunFiles", "load_run_files", "market_kwargs"]
@@ -152,7 +153,7 @@ def market_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class OnlinePredictorBlock:
+class OnlinePredictorBlock(OnlineWalk):
     """A loaded market predictor producing one observation row per bar, online as in training.
 
     Follows the training walk (``predictors.provider.WalkForwardProvider._walk``) one bar at a
@@ -300,16 +301,6 @@ class OnlinePredictorBlock:
         self.last_row[-1] = 0.0
 
     @property
-    def rows_seen(self) -> int:
-        """Bars pushed since the last reset."""
-        return self._rows
-
-    @property
-    def update_pending(self) -> bool:
-        """Whether a chunk closed and its online update has not run yet."""
-        return self._pending is not None
-
-    @property
     def warmup_left(self) -> int:
         """Bars before the block's first prediction (0 once it predicts)."""
         if self.last_row[-1] == 1.0:
@@ -368,13 +359,7 @@ class OnlinePredictorBlock:
         ready = self._ready()
         if ready is None or r < ready + self.window - 1:
             return self.last_row, None
-        pred = self.predictor.predict_block(
-            self._feats[-self.window :], np.array([self.window - 1])
-        )[0]
-        out = np.empty(len(self.columns), dtype=np.float32)
-        out[:-1] = pred
-        out[-1] = 1.0
-        self.last_row = out
+        out = self._predict_row()
         # The manifest's fit end is an ISO time from a float of seconds (microseconds, rounded),
         # so a bar counts as after the fit from 1 ms past it (bars are seconds apart or more).
         after_fit = self.fit_end_ns is None or int(timestamp) > self.fit_end_ns + 1_000_000
@@ -382,13 +367,7 @@ class OnlinePredictorBlock:
         if self._anchor is None and self.online and warm and after_fit:
             self._anchor = r
         if self._anchor is not None and (r - self._anchor + 1) % self.update_every == 0:
-            # The chunk [r + 1 - U, r] closed: samples whose targets arrived in it
-            # (provider._walk: s + delay in [start, end)), in history coordinates.
-            end = r + 1
-            lo, hi = end - self.update_every - self.delay, end - self.delay
-            if hi > lo:
-                offset = r - (self.history - 1)  # bar index of history row 0
-                self._pending = np.arange(lo, hi) - offset
+            self._close_chunk(r)
         return out, self.uncertainty()
 
     def step(self, features_row: np.ndarray, ohlcv: np.ndarray) -> tuple[np.ndarray, float | None]:
@@ -398,16 +377,6 @@ class OnlinePredictorBlock:
             f"predictor block {self.name!r} computes its own features: call on_bar(timestamp, "
             "ohlcv, extra)"
         )
-
-    def maintain(self) -> bool:
-        """Run the pending online update, if any (between bars). True when one ran."""
-        if self._pending is None:
-            return False
-        rows, self._pending = self._pending, None
-        batch = self.predictor.samples(self._feats, self._targs, rows)
-        self.predictor.update(batch)
-        self.updates += 1
-        return True
 
     def uncertainty(self) -> float | None:
         """Largest predicted std (or anomaly score) of the last row (None before the first)."""
