@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_market_vector import FEATURES, gbm_dataset  # tests/ is on sys.path
 
-from envs.data.dataset import MarketDataset
 from envs.errors import ConfigError
 from envs.market_accounting import (
     AUXILIARY_COLUMNS,
@@ -15,29 +15,10 @@ from envs.market_accounting import (
 )
 from envs.market_env import MarketTradingEnv
 
-HOUR_NS = 3600 * 10**9
-FEATURES = ("logret_1", "logret_4", "rvol_8")
-
-
-def gbm_dataset(n_bars: int = 200, n_assets: int = 1, seed: int = 0) -> MarketDataset:
-    """Small hourly GBM OHLCV data with an open that gaps away from the previous close."""
-    rng = np.random.default_rng(seed)
-    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, (n_bars, n_assets)), axis=0))
-    open_ = np.vstack([close[:1], close[:-1]]) * np.exp(rng.normal(0, 0.002, (n_bars, n_assets)))
-    high = np.maximum(open_, close) * 1.001
-    low = np.minimum(open_, close) * 0.999
-    volume = rng.lognormal(8.0, 0.3, (n_bars, n_assets))
-    return MarketDataset(
-        timestamps=np.arange(n_bars, dtype=np.int64) * HOUR_NS,
-        symbols=tuple(f"A{i}" for i in range(n_assets)),
-        ohlcv=np.stack([open_, high, low, close, volume], axis=-1),
-        source="<gbm accounting test>",
-    )
-
 
 def make(**kwargs) -> MarketTradingEnv:
     base = dict(
-        dataset=gbm_dataset(),
+        dataset=gbm_dataset(n_bars=200),
         features=FEATURES,
         window=4,
         episode_length=30,
@@ -78,7 +59,7 @@ def test_spec_splits_columns_and_reads_parameters() -> None:
         (dict(min_notional=5.0), "min_notional"),
         (dict(max_drawdown=0.5), "max_drawdown"),
         (dict(reward="differential_sharpe"), "differential_sharpe"),
-        (dict(dataset=gbm_dataset(n_assets=2)), "2 assets"),
+        (dict(dataset=gbm_dataset(n_bars=200, n_assets=2)), "2 assets"),
     ],
 )
 def test_unsupported_settings_are_config_errors(kwargs: dict, message: str) -> None:
