@@ -44,11 +44,16 @@ def _train(run_dir: Path, agent: str, extra: list[str]) -> Path:
         "env.kwargs.window=8",
         *extra,
     ]
+    return train_run(run_dir, overrides)
+
+
+def train_run(run_dir: Path, overrides: list[str]) -> Path:
+    """Compose the train config with ``overrides``, save it as Hydra would, and train."""
+    from omegaconf import OmegaConf
+
     with initialize_config_dir(config_dir=CONFIGS, version_base=None):
         cfg = compose(config_name="train", overrides=overrides)
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    from omegaconf import OmegaConf
-
     (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     train(cfg, run_dir)
     return run_dir

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_runner import CONFIGS  # tests/ is on sys.path (rootdir-relative, no package)
+from test_runner import train_run  # tests/ is on sys.path (rootdir-relative, no package)
 
 from agents.backtest import (
     arbitrage_snapshot,
@@ -27,15 +27,11 @@ from agents.runner import (
     RiskLimits,
     SnapshotGuards,
 )
-from agents.trainer import train
 from envs.arbitrage_env import ArbitrageEnv, build_config
 from envs.errors import ConfigError
 
 
 def _train_arb(run_dir: Path, agent: str, extra: list[str]) -> Path:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
     overrides = [
         f"agent={agent}",
         "env=arbitrage",
@@ -48,12 +44,7 @@ def _train_arb(run_dir: Path, agent: str, extra: list[str]) -> Path:
         "env.kwargs.episode_length=40",
         *extra,
     ]
-    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
-        cfg = compose(config_name="train", overrides=overrides)
-    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    train(cfg, run_dir)
-    return run_dir
+    return train_run(run_dir, overrides)
 
 
 @pytest.fixture(scope="module")
