@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from test_predictor_base import ar_data  # tests/ is on sys.path
 
 from envs.errors import ConfigError, DataError
 from predictors import OnlineLSTM, load_predictor
@@ -18,11 +19,6 @@ from predictors.replay import ReplayBuffer
 from predictors.toy_series import ar1
 
 TINY = {"window": 12, "hidden_size": 8, "max_epochs": 2, "batch_size": 64, "online_bptt": 4}
-
-
-def ar_data(n: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    x = ar1(n, seed=seed)
-    return np.stack([x, np.abs(x)], axis=1), x[:, None]
 
 
 def _grads(net: torch.nn.Module, seed: int, scale: float) -> None:
@@ -92,7 +88,7 @@ def test_replay_buffer_wraps_and_draws_reproducibly():
 
 
 def _fitted(**extra) -> tuple[OnlineLSTM, np.ndarray, np.ndarray]:
-    feats, targs = ar_data()
+    feats, targs = ar_data(500)
     model = OnlineLSTM(**{**TINY, **extra})
     model.fit((feats[:400], targs[:400]))
     return model, feats, targs
