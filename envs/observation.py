@@ -389,7 +389,18 @@ class _BarAssembler:
 
 
 class _BatchAssembler:
-    """``assemble(t, given)`` of :meth:`ObservationBuilder.batch_assembler` (a class to pickle)."""
+    """``assemble(t, given)`` of :meth:`ObservationBuilder.batch_assembler` (a class to pickle).
+
+    Performance (issue 3): with the window block first in the flat layout (as the market envs
+    build it), row ``r`` of ``spans`` is the ``D`` values of the (zero-padded) flat source from
+    the first row of the window ending at bar ``r + W - 1`` on; one fancy index of it gathers
+    every output row as one contiguous run, window in place, and the later blocks then
+    overwrite the values past the window (bars after ``t``: they never reach the result). That
+    is one pass over the output where a gathered window temporary copied into it was two.
+    Other layouts gather the window in chunks from a sliding-window view. Clipping is
+    elementwise with per-block bounds, so the sources are clipped once here and only the given
+    block per call: the same bits as clipping every gathered batch.
+    """
 
     def __init__(self, builder: ObservationBuilder, bar: _BarAssembler) -> None:
         self.builder = builder
@@ -397,19 +408,40 @@ class _BatchAssembler:
         self._derive()
 
     def _derive(self) -> None:
-        # Row ``r`` of ``windows`` is the flattened window ending at bar ``r + W - 1``: a strided
-        # view of the source (no copy), so gathering a window is one contiguous run per row.
-        # Views are rebuilt after unpickling rather than pickled (a view would pickle as a copy).
+        # Derived arrays are rebuilt after unpickling rather than pickled (a view would pickle
+        # as a copy).
         bar = self.bar
+        builder = self.builder
         size = bar.row_size
         width = (bar.lo + 1) * size
-        self.windows = np.lib.stride_tricks.sliding_window_view(bar.flat_source, width)[::size]
-        self.window_shape = self.builder._by_name[bar.window_block].shape
-        self.given_shape = self.builder._by_name[bar.given_block].shape
-        # The flat layout needs a gathered temporary before the copy into the output; in chunks
-        # of ~512 KB it stays in cache and is reused by the allocator, where one (B, W * F)
-        # temporary of several MB is mapped afresh (page faults) each step: at B = 4096, W = 32,
-        # F = 15 one temporary cost ~8x the chunked gather (bench/envs.py, measured on 2 cores).
+        self.window_shape = builder._by_name[bar.window_block].shape
+        self.given_shape = builder._by_name[bar.given_block].shape
+        clip = builder.clip
+
+        def clipped(name: str, arr: np.ndarray) -> np.ndarray:
+            spec = builder._by_name[name]
+            return np.clip(arr, np.float32(spec.low), np.float32(spec.high)) if clip else arr
+
+        self.rows = {name: clipped(name, arr) for name, arr in bar.rows.items()}
+        self.row_plan = tuple(
+            (bar.flat_slices[name], arr.reshape(arr.shape[0], -1))
+            for name, arr in self.rows.items()
+        )
+        source = clipped(bar.window_block, bar.flat_source)
+        # Row ``r`` of ``windows`` is the flattened window ending at bar ``r + W - 1``: a strided
+        # view of the source (no copy), so gathering a window is one contiguous run per row.
+        self.windows = np.lib.stride_tricks.sliding_window_view(source, width)[::size]
+        self.n_rows = self.windows.shape[0]
+        self.spans = None
+        if bar.flatten and bar.win_slice.start == 0:
+            padded = np.zeros(source.shape[0] + bar.dim - width, dtype=np.float32)
+            padded[: source.shape[0]] = source
+            self.spans = np.lib.stride_tricks.sliding_window_view(padded, bar.dim)[::size]
+        gspec = builder._by_name[bar.given_block]
+        self.given_bounds = (np.float32(gspec.low), np.float32(gspec.high)) if clip else None
+        # The chunked gather needs a temporary before the copy into the output; in chunks of
+        # ~512 KB it stays in cache and is reused by the allocator, where one (B, W * F)
+        # temporary of several MB is mapped afresh (page faults) each step.
         self.chunk_rows = max(1, (1 << 19) // (width * self.windows.itemsize))
 
     def __getstate__(self) -> dict:
@@ -431,23 +463,33 @@ class _BatchAssembler:
             )
         rows = t - bar.lo
         # A negative row would silently wrap around to the end of the data (fancy indexing).
-        if batch and (rows.min() < 0 or t.max() >= self.windows.shape[0] + bar.lo):
+        if batch and (rows.min() < 0 or t.max() >= self.n_rows + bar.lo):
             raise DataError(
-                f"batch_assembler: bars must lie in [{bar.lo}, {self.windows.shape[0] + bar.lo}), "
+                f"batch_assembler: bars must lie in [{bar.lo}, {self.n_rows + bar.lo}), "
                 f"got {t.min()}..{t.max()}"
             )
+        bounds = self.given_bounds
         if bar.flatten:
-            out = np.empty((batch, bar.dim), dtype=np.float32)
-            market = out[:, bar.win_slice]
-            step = self.chunk_rows
-            for lo in range(0, batch, step):
-                market[lo : lo + step] = self.windows[rows[lo : lo + step]]
-            for sl, arr in bar.row_plan:
+            if self.spans is not None:
+                out = self.spans[rows]
+            else:
+                out = np.empty((batch, bar.dim), dtype=np.float32)
+                market = out[:, bar.win_slice]
+                step = self.chunk_rows
+                for lo in range(0, batch, step):
+                    market[lo : lo + step] = self.windows[rows[lo : lo + step]]
+            for sl, arr in self.row_plan:
                 out[:, sl] = arr[t]
-            out[:, bar.given_slice] = given.reshape(batch, -1)
-            return self.builder._clipped(out)
+            part = out[:, bar.given_slice]
+            part[...] = given.reshape(batch, -1)
+            if bounds is not None:
+                np.clip(part, *bounds, out=part)
+            return out
         parts = {bar.window_block: self.windows[rows].reshape(batch, *self.window_shape)}
-        for name, arr in bar.rows.items():
+        for name, arr in self.rows.items():
             parts[name] = arr[t]
-        parts[bar.given_block] = np.array(given, dtype=np.float32, copy=True)
-        return self.builder._clipped({name: parts[name] for name in bar.order})
+        own = np.array(given, dtype=np.float32, copy=True)
+        if bounds is not None:
+            np.clip(own, *bounds, out=own)
+        parts[bar.given_block] = own
+        return {name: parts[name] for name in bar.order}

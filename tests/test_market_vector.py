@@ -21,6 +21,7 @@ from envs.market_core import (
 )
 from envs.market_env import MarketTradingEnv
 from envs.metrics import episode_metrics
+from envs.observation import BlockSpec, ObservationBuilder
 from envs.vector_market import MarketTradingVectorEnv, batch_episode_metrics
 
 HOUR_NS = 3600 * 10**9
@@ -147,7 +148,7 @@ def test_make_vec_spaces_masks_errors_and_pickle() -> None:
 
 @pytest.mark.parametrize("flatten", [True, False])
 def test_batch_assembler_equals_build_batch_of_observe(flatten: bool) -> None:
-    """The sliding-window assembler (chunked, several chunks here) equals the reference path."""
+    """The span gather and the chunked fallback (several chunks) equal the reference path."""
     data = gbm_dataset(n_assets=2)
     blocks = {"forecast": np.random.default_rng(3).normal(size=(len(data), 2, 3))}
     venv = MarketTradingVectorEnv(
@@ -168,11 +169,14 @@ def test_batch_assembler_equals_build_batch_of_observe(flatten: bool) -> None:
     assemble = setup.builder.batch_assembler(
         "market", setup.arrays.features, setup.arrays.blocks, "portfolio"
     )
-    assemble.chunk_rows = 3  # 7 rows -> chunks of 3, 3, 1
     block = portfolio_block(state, setup.arrays, setup.params.window)
     got = assemble(state.t, block)
     want = setup.builder.build_batch(observe(state, setup.arrays, setup.params.window))
     np.testing.assert_equal(got, want)
+    assert (assemble.spans is not None) == flatten  # the market block comes first
+    assemble.spans = None  # the chunked fallback (other layouts)
+    assemble.chunk_rows = 3  # 7 rows -> chunks of 3, 3, 1
+    np.testing.assert_equal(assemble(state.t, block), want)
     # Fresh arrays: writing into one observation changes neither the data nor the next one.
     features_before = setup.arrays.features.copy()
     first = got if flatten else got["market"]
@@ -185,6 +189,41 @@ def test_batch_assembler_equals_build_batch_of_observe(flatten: bool) -> None:
         assemble(np.array([setup.params.window - 2] * 7), block)  # would wrap around
     with pytest.raises(DataError, match="portfolio"):
         assemble(state.t, block[:, :-1])
+
+
+@pytest.mark.parametrize("window_first", [True, False])
+@pytest.mark.parametrize("flatten", [True, False])
+def test_batch_assembler_clips_like_build_batch(flatten: bool, window_first: bool) -> None:
+    """With ``clip=True`` the assembler (sources clipped once) equals clipping every batch."""
+    rng = np.random.default_rng(8)
+    n_bars, window = 40, 5
+    source = rng.normal(0.0, 2.0, (n_bars, 3)).astype(np.float32)
+    source[7, 1] = np.nan  # NaN stays NaN either way
+    extra = rng.normal(0.0, 3.0, (n_bars, 2)).astype(np.float32)
+    specs = [
+        BlockSpec("market", (window, 3), low=-1.5, high=1.5),
+        BlockSpec("extra", (2,), low=-1.0, high=2.0),
+        BlockSpec("state", (4,), low=-4.0, high=4.0),
+    ]
+    if not window_first:
+        specs = specs[::-1]
+    builder = ObservationBuilder(specs, flatten=flatten, clip=True)
+    assemble = builder.batch_assembler("market", source, {"extra": extra}, "state")
+    assert (assemble.spans is not None) == (flatten and window_first)
+    t = np.array([window - 1, 11, 12, n_bars - 1, 8, 20])
+    given = rng.normal(0.0, 6.0, (t.size, 4))
+    given[2, 0] = 50.0
+    values = {
+        "market": np.stack([source[i - window + 1 : i + 1] for i in t]),
+        "extra": extra[t],
+        "state": given,
+    }
+    want = builder.build_batch(values)
+    np.testing.assert_equal(assemble(t, given), want)
+    flat = want if flatten else builder.to_flat(want)
+    assert np.nanmax(np.abs(flat)) == 4.0  # the clip bit
+    assemble.chunk_rows = 4
+    np.testing.assert_equal(pickle.loads(pickle.dumps(assemble))(t, given), want)
 
 
 def test_portfolio_block_and_exposure_match_reference() -> None:
