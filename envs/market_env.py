@@ -36,6 +36,7 @@ from envs.rewards import Reward, RewardContext, make_reward
 __all__ = ["ACTION_MODES", "MarketSetup", "MarketTradingEnv", "build_market_setup"]
 
 ACTION_MODES = ("discrete", "continuous", "weights")
+_empty = np.empty  # a module global: one lookup per step instead of two
 _RESERVED_BLOCKS = ("market", "portfolio")
 
 
@@ -452,10 +453,15 @@ class MarketTradingEnv(gym.Env):
             setup.arrays.n_assets,
         )
         self._core_step = self._core.step_function()
+        self._map_action = self._actions.map_function()
         # The builder's trusted assembler: sources checked once, then copies only per step.
         self._assemble = setup.builder.bar_assembler(
             "market", setup.arrays.features, setup.arrays.blocks, "portfolio"
         )
+        # Bound methods called per step: a bound Python method is called without the
+        # instance-call slot (~40 ns less per call on CPython 3.11).
+        self._observe = self._assemble.__call__
+        self._one_asset = setup.arrays.n_assets == 1
         self._scalar: ScalarState | None = None
         self._equity: list[float] = []
         self._fills: list[tuple[int, int]] = []  # (bar, +1 buy / -1 sell) for rendering
@@ -510,24 +516,27 @@ class MarketTradingEnv(gym.Env):
         self._fills = []
         self._done = False
         block, exposure = self._core.portfolio(self._scalar)
-        return self._observation(block), self._info(exposure, step_cost=0.0)
+        return self._observation(block), self._info(self._scalar, exposure, step_cost=0.0)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Fill the order for ``action`` at the next open, mark at the close, return the result."""
         state = self._scalar
         if state is None or self._done:
             raise RuntimeError("MarketTradingEnv.step called before reset() or after episode end")
-        target = self._actions.map(action)
+        target = self._map_action(action)
         if target is None:  # anything unusual goes through the validating NumPy mapping
             target = self.setup.map_actions(action, 1)[0].tolist()
-        prev_units = state.units[0]
+        draws = self.render_mode == "rgb_array"
+        if draws:
+            prev_units = state.units[0]
         reward, terminated, truncated, step_cost, block, exposure = self._core_step(state, target)
         self._equity.append(state.value)
-        moved = state.units[0] - prev_units
-        if moved and self.render_mode == "rgb_array":
-            # Fill markers for the first asset (the one whose price is drawn on top).
-            self._fills.append((state.t, 1 if moved > 0 else -1))
-        info = self._info(exposure, step_cost)
+        if draws:
+            moved = state.units[0] - prev_units
+            if moved:
+                # Fill markers for the first asset (the one whose price is drawn on top).
+                self._fills.append((state.t, 1 if moved > 0 else -1))
+        info = self._info(state, exposure, step_cost)
         if terminated or truncated:
             self._done = True
             info["episode"] = episode_metrics(
@@ -535,7 +544,7 @@ class MarketTradingEnv(gym.Env):
                 self.setup.arrays.bars_per_year,
                 turnover=state.traded_notional / self.setup.params.initial_cash,
             )
-        return self._assemble(state.t, block), reward, terminated, truncated, info
+        return self._observe(state.t, block), reward, terminated, truncated, info
 
     def render(self) -> str | np.ndarray | None:
         """``ansi``: one text line per call; ``rgb_array``: price with fills and equity curve."""
@@ -556,11 +565,16 @@ class MarketTradingEnv(gym.Env):
         """Market window + predictor rows + portfolio at the decision bar, as fresh arrays."""
         return self._assemble(self._scalar.t, portfolio)
 
-    def _info(self, exposure: list[float], step_cost: float) -> dict[str, Any]:
-        state = self._scalar
+    def _info(self, state: ScalarState, exposure: list[float], step_cost: float) -> dict[str, Any]:
+        if self._one_asset:
+            # Same float64 (1,) array as np.array(exposure), without the list conversion.
+            position = _empty(1)
+            position[0] = exposure[0]
+        else:
+            position = np.array(exposure)
         return {
             "portfolio_value": state.value,
-            "position": np.array(exposure),
+            "position": position,
             "cash": state.cash,
             "fees": state.fees,
             "spread": state.spread,
@@ -575,7 +589,7 @@ class MarketTradingEnv(gym.Env):
         t = state.t
         ts = np.datetime64(int(self.setup.timestamps[t]), "ns").astype("datetime64[s]")
         close = self.setup.arrays.close[t]
-        info = self._info(self._core.portfolio(state)[1], 0.0)
+        info = self._info(state, self._core.portfolio(state)[1], 0.0)
         prices = " ".join(f"{s}={c:.6g}" for s, c in zip(self.setup.symbols, close, strict=True))
         pos = " ".join(f"{p:+.3f}" for p in info["position"])
         return (

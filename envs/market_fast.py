@@ -61,6 +61,12 @@ MAX_FAST_ASSETS = 7
 # Same floor as envs.market_core._RUIN_RATIO_FLOOR (log of a ruined book's value ratio).
 _RUIN_RATIO_FLOOR = 1e-8
 
+# Module-level names for the per-step calls of the scalar step: a global lookup instead of a
+# global plus an attribute lookup.
+_isfinite = math.isfinite
+_sqrt = math.sqrt
+_np_log = np.log
+
 _LOG, _DSR, _SORTINO, _DRAWDOWN, _TURNOVER, _EXCESS, _GENERIC = range(7)
 _REWARD_KINDS: dict[type, int] = {
     LogReturnReward: _LOG,
@@ -321,14 +327,15 @@ class ScalarCore:
         else:
             executed = target[0]
         p, close, sigma, volume = self._bars1[s]  # sigma and volume of bar s - 1
-        u = state.units[0]
+        units = state.units
+        u = units[0]
         prev_value = state.value
         prev_peak = state.peak
 
         # size_orders (a sum over one asset is that asset's term, exactly as in NumPy).
         value_col = state.cash + u * p
         q = 0.0
-        if value_col > 0.0 and math.isfinite(executed):
+        if value_col > 0.0 and _isfinite(executed):
             if executed == 0.0:  # a target of exactly 0 always closes
                 q = -u
             else:
@@ -346,7 +353,7 @@ class ScalarCore:
         notional = abs(q) * p
         impact = 0.0
         if notional:
-            impact = impact_k * sigma * math.sqrt(abs(q) / volume) * notional
+            impact = impact_k * sigma * _sqrt(abs(q) / volume) * notional
         fee = taker_fee * notional
         spread = half_spread * notional
         trade_cost = fee + spread + impact
@@ -373,7 +380,7 @@ class ScalarCore:
         value = cash + held
         peak = value if prev_peak < value else prev_peak
         ratio = value / prev_value
-        log_return = float(np.log(_RUIN_RATIO_FLOOR if ratio < _RUIN_RATIO_FLOOR else ratio))
+        log_return = float(_np_log(_RUIN_RATIO_FLOOR if ratio < _RUIN_RATIO_FLOOR else ratio))
         cost = trade_cost + funding
         if self.reward_kind == _LOG:
             reward = log_return
@@ -391,8 +398,10 @@ class ScalarCore:
         state.t = s
         state.steps += 1
         state.cash = cash
-        state.units = [nu]
-        state.entry_price = [entry]
+        # The one-element lists are updated in place (each state owns its lists: copy,
+        # from_core_state and unpickling make new ones), saving two allocations per step.
+        units[0] = nu
+        state.entry_price[0] = entry
         state.value = value
         state.peak = peak
         state.time_in_trade = tit
@@ -412,13 +421,14 @@ class ScalarCore:
         last = target[0]
         block = [exposure, cash_share, upnl, tit / (tit + window), last]
         lim = PORTFOLIO_CLIP  # time in trade is in [0, 1); the rest may leave the bounds
+        neg = -lim
         if not (
-            -lim <= exposure <= lim
-            and -lim <= cash_share <= lim
-            and -lim <= upnl <= lim
-            and -lim <= last <= lim
+            neg <= exposure <= lim
+            and neg <= cash_share <= lim
+            and neg <= upnl <= lim
+            and neg <= last <= lim
         ):  # near ruin only (a NaN also lands here, and the clip keeps it as np.clip does)
-            block = [-lim if x < -lim else (lim if x > lim else x) for x in block]
+            block = [neg if x < neg else (lim if x > lim else x) for x in block]
         return reward, terminated, truncated, cost, block, [exposure]
 
     def _step_many(
@@ -724,6 +734,24 @@ class ScalarActions:
             self.positions = [
                 p if config.allow_short or not p < 0.0 else 0.0 for p in positions.tolist()
             ]
+        # Index -> target for the exact types a policy or a sampled space sends; a dict lookup
+        # also does the range check (a negative index never hits), ~2x cheaper than map's.
+        self._by_index = dict(enumerate(self.positions))
+
+    def map_function(self) -> Callable[[Any], list[float] | None]:
+        """The bound mapping equal to :meth:`map` for this mode (callers in a loop keep it)."""
+        if self.enabled and self.mode == "discrete":
+            return self._map_discrete
+        return self.map
+
+    def _map_discrete(self, action: Any) -> list[float] | None:
+        """:meth:`map` in discrete mode, with a shortcut for ``int`` and ``np.int64``."""
+        kind = type(action)
+        if kind is np.int64 or kind is int:
+            p = self._by_index.get(action)
+            if p is not None:
+                return [p]
+        return self.map(action)
 
     def map(self, action: Any) -> list[float] | None:
         """Target exposures for ``action``, or None when the NumPy path must handle it."""
