@@ -28,7 +28,7 @@ import numpy as np
 
 from envs.data.dataset import MarketDataset
 from envs.errors import DataError
-from envs.execution import ExecutionConfig, holding_cost, order_costs, size_orders
+from envs.execution import ExecutionConfig
 from envs.rewards import Reward, RewardContext, RewardState
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "CoreState",
     "MarketArrays",
     "StepOutput",
+    "StepTables",
     "build_market_arrays",
     "initial_state",
     "observe",
@@ -44,7 +45,9 @@ __all__ = [
     "portfolio_block_and_exposure",
     "realised_volatility",
     "reset_rows",
+    "step_and_portfolio",
     "step_core",
+    "step_tables",
 ]
 
 # Ratio floor for the log return of a ruined book (value <= 0): log(1e-8) ~ -18.4.
@@ -323,12 +326,75 @@ def reset_rows(state: CoreState, fresh: CoreState, mask: np.ndarray) -> CoreStat
     return CoreState(*out, rs)
 
 
+class StepTables(NamedTuple):
+    """Per-bar inputs of :func:`step_core` packed so one ``take`` per step gathers them all.
+
+    Built once per dataset and parameters by :func:`step_tables` (the batched env keeps one);
+    optional: without it the step gathers each array separately, with the same results.
+
+    Attributes:
+        bars: ``(T, 4N + 1)`` float64; row ``s`` holds the fill bar's open (``N``), close
+            (``N``), ``impact_k * sigma[s - 1]`` (``N``), ``volume[s - 1]`` (``N``) and the
+            benchmark log return into ``s``. Row 0 is never read (fills happen at ``s >= 1``).
+    """
+
+    bars: np.ndarray
+
+
+def step_tables(arrays: MarketArrays, params: CoreParams) -> StepTables:
+    """The :class:`StepTables` of ``arrays`` and ``params`` (``impact_k * sigma`` precomputed).
+
+    ``impact_k * sigma`` is the first product of the impact formula (evaluated left to right),
+    so precomputing it per bar leaves every result bit unchanged.
+    """
+    n = arrays.n_assets
+    prev = np.maximum(np.arange(arrays.n_bars) - 1, 0)  # row 0: a placeholder, never read
+    bars = np.empty((arrays.n_bars, 4 * n + 1))
+    bars[:, :n] = arrays.open
+    bars[:, n : 2 * n] = arrays.close
+    bars[:, 2 * n : 3 * n] = params.execution.impact_k * arrays.sigma[prev]
+    bars[:, 3 * n : 4 * n] = arrays.volume[prev]
+    bars[:, 4 * n] = arrays.benchmark_log_return
+    return StepTables(bars=bars)
+
+
+def _row_sum(x: np.ndarray) -> np.ndarray:
+    """``x.sum(axis=1)`` bit for bit, without a reduction over a single asset.
+
+    A NumPy sum starts from the identity ``+0.0``, so the sum of one ``-0.0`` is ``+0.0``:
+    ``x[:, 0] + 0.0`` is the same value for every input (NaN and infinities included), at a
+    third of the cost of a length-1 reduction (issue 3: ~1.5 us each at ``B = 1024``).
+    """
+    if x.shape[1] == 1:
+        return x[:, 0] + 0.0
+    return x.sum(axis=1)
+
+
+def _row_sum_nonneg(x: np.ndarray) -> np.ndarray:
+    """:func:`_row_sum` of an array with no ``-0.0`` (``abs(.) * price`` and such): a view."""
+    return x[:, 0] if x.shape[1] == 1 else x.sum(axis=1)
+
+
+def _row_all(x: np.ndarray) -> np.ndarray:
+    """``x.all(axis=1)`` of a boolean ``(B, N)`` array (a view when ``N == 1``)."""
+    return x[:, 0] if x.shape[1] == 1 else x.all(axis=1)
+
+
+class _StepDetail(NamedTuple):
+    """What the step computed that the next observation and the info reuse."""
+
+    close: np.ndarray  # (B, N) close of the new bar
+    safe_value: np.ndarray  # (B,) value floored away from 0, as portfolio_block_and_exposure
+    exposure: np.ndarray  # (B, N) units * close / safe_value
+
+
 def step_core(
     arrays: MarketArrays,
     params: CoreParams,
     reward: Reward,
     state: CoreState,
     target: np.ndarray,
+    tables: StepTables | None = None,
 ) -> tuple[CoreState, StepOutput]:
     """Advance every episode by one bar.
 
@@ -339,84 +405,160 @@ def step_core(
         state: current state (not modified).
         target: ``(B, N)`` target exposures decided at each row's bar ``t`` (already mapped and
             clipped by :mod:`envs.execution`).
+        tables: :func:`step_tables` of ``arrays`` and ``params`` (faster; same results).
 
     Returns:
         The new state and per-row outputs.
     """
+    new_state, out, _ = _step(arrays, params, reward, state, target, tables)
+    return new_state, out
+
+
+def _step(
+    arrays: MarketArrays,
+    params: CoreParams,
+    reward: Reward,
+    state: CoreState,
+    target: np.ndarray,
+    tables: StepTables | None,
+) -> tuple[CoreState, StepOutput, _StepDetail]:
+    # Performance (issue 3): at B = 1024 each NumPy call costs ~0.5-1.5 us whatever it
+    # computes, so the step is written for few calls: size_orders, order_costs and
+    # holding_cost (envs/execution.py, the reference) are restated here with their shared
+    # intermediates computed once, sums over a single asset avoid reductions (_row_sum), the
+    # per-bar inputs come from one take of StepTables, and fresh temporaries are updated in
+    # place; inputs are never written. Every result bit is unchanged (tests/test_market_fast.py
+    # pins the single env to this function, tests/test_market_vector.py pins this function to
+    # the execution module's reference functions).
     cfg = params.execution
-    last_bar = arrays.n_bars - 1
-    # Performance (issue 3): every operation below allocates a (B,) or (B, N) array, so values
-    # used twice are computed once (q * price, units * close, the sign comparisons) and fresh
-    # temporaries are updated in place; inputs are never written. The arithmetic, and so every
-    # result bit, is unchanged (tests/test_market_fast.py and tests/test_market_vector.py).
+    n = state.units.shape[1]
     # Rows that already ended (only in the batched env, before autoreset) index a valid bar;
     # their results are discarded by the caller.
     s = state.t + 1
-    np.minimum(s, last_bar, out=s)
-    before = s - 1
+    np.minimum(s, arrays.n_bars - 1, out=s)
     if cfg.latency > 1:
         executed = state.pending[:, 0]
         pending = np.concatenate([state.pending[:, 1:], target[:, None, :]], axis=1)
     else:
         executed = target
         pending = state.pending
+    if tables is not None:
+        bars = tables.bars.take(s, axis=0)
+        price = bars[:, :n]
+        close = bars[:, n : 2 * n]
+        k_sigma = bars[:, 2 * n : 3 * n]
+        volume = bars[:, 3 * n : 4 * n]
+        benchmark = bars[:, 4 * n]
+    else:
+        before = s - 1
+        price = arrays.open.take(s, axis=0)
+        close = arrays.close.take(s, axis=0)
+        k_sigma = cfg.impact_k * arrays.sigma.take(before, axis=0)
+        volume = arrays.volume.take(before, axis=0)
+        benchmark = arrays.benchmark_log_return.take(s)
+    units_old = state.units
 
-    price = arrays.open.take(s, axis=0)
-    q = size_orders(executed, state.units, state.cash, price, cfg)
-    costs = order_costs(
-        q, price, arrays.sigma.take(before, axis=0), arrays.volume.take(before, axis=0), cfg
-    )
-    trade_cost = costs.fee + costs.spread
-    trade_cost += costs.impact
+    # --- size_orders(executed, units, cash, price, cfg) ----------------------------------------
+    marked = units_old * price
+    book_value = state.cash + _row_sum(marked)
+    positive = book_value > 0
+    tradable = np.isfinite(executed)
+    tradable &= positive[:, None]
+    safe_target = np.where(tradable, executed, 0.0)
+    value_col = np.maximum(book_value, 0.0)[:, None]
+    q = safe_target * value_col
+    q /= price
+    q -= units_old
+    if cfg.lot_size > 0:
+        q /= cfg.lot_size
+        np.trunc(q, out=q)
+        q *= cfg.lot_size
+    keep = tradable
+    if cfg.rebalance_band > 0:
+        # value_col > 0 <=> book_value > 0, where the two are equal (NaN included).
+        marked /= np.where(positive, book_value, 1.0)[:, None]
+        marked -= safe_target
+        np.abs(marked, out=marked)
+        keep = keep & (marked >= cfg.rebalance_band)
+    if cfg.min_notional > 0:
+        keep = keep & (np.abs(q) * price >= cfg.min_notional)
+    closing = safe_target == 0.0
+    closing &= tradable
+    q = np.where(keep, q, 0.0)
+    np.negative(units_old, out=q, where=closing)
+
+    # --- order_costs(q, price, sigma, volume, cfg) ----------------------------------------------
+    size = np.abs(q)
+    notional = size * price
+    # Square-root impact (Almgren et al. 2005; Tóth et al. 2011): cost per unit notional is
+    # k * sigma * sqrt(|q| / V), so the cash cost grows as |q|^1.5.
+    size /= volume
+    np.sqrt(size, out=size)
+    impact_n = k_sigma * size
+    impact_n *= notional
+    traded = _row_sum_nonneg(notional)  # |q| * price >= +0: no -0.0 to normalise
+    fee = cfg.taker_fee * traded
+    spread = cfg.half_spread * traded
+    impact = _row_sum_nonneg(impact_n)
+    trade_cost = fee + spread
+    trade_cost += impact
+
     paid = q * price
-    cash = state.cash - paid.sum(axis=1)
+    cash = state.cash - _row_sum(paid)
     cash -= trade_cost
-    units = state.units + q
+    units = units_old + q
 
     # Average entry price per asset (for unrealised PnL): adding to a position averages in the
     # fill price, reducing keeps it, a flip or a fresh entry resets it, flat clears it.
-    old_sign = np.sign(state.units)
-    new_sign = np.sign(units)
-    same_sign = new_sign == old_sign
-    flat = new_sign == 0.0
-    adding = np.abs(units) > np.abs(state.units)
+    same_sign = np.sign(units) == np.sign(units_old)
+    flat = units == 0.0  # <=> sign(units) == 0 (sign(-0.0) == 0 too; NaN neither)
+    adding = np.abs(units) > np.abs(units_old)
     adding &= same_sign
-    averaged = state.units * state.entry_price
+    averaged = units_old * state.entry_price
     averaged += paid
-    averaged /= np.where(flat, 1.0, units)  # flat <=> units == 0 (sign(-0.0) == 0 too)
+    averaged /= np.where(flat, 1.0, units)
     entry = np.where(adding, averaged, state.entry_price)
-    np.copyto(entry, price, where=~same_sign)
-    entry[flat] = 0.0
+    entry = np.where(same_sign, entry, price)
+    np.copyto(entry, 0.0, where=flat)
 
-    close = arrays.close.take(s, axis=0)
-    funding = holding_cost(units, cash, close, arrays.bars_per_year, cfg)
+    # --- holding_cost(units, cash, close, bars_per_year, cfg) -----------------------------------
+    short = np.negative(units)
+    np.maximum(short, 0.0, out=short)
+    short *= close
+    borrowed = np.negative(cash)
+    np.maximum(borrowed, 0.0, out=borrowed)
+    borrowed *= cfg.margin_rate
+    funding = cfg.borrow_rate * _row_sum(short)
+    funding += borrowed
+    funding *= 1.0 / arrays.bars_per_year
     cash -= funding
-    held = units * close
-    value = cash + held.sum(axis=1)
-    peak = np.maximum(state.peak, value)
 
+    held = units * close
+    value = cash + _row_sum(held)
+    peak = np.maximum(state.peak, value)
     ratio = value / state.value
     np.maximum(ratio, _RUIN_RATIO_FLOOR, out=ratio)
     log_return = np.log(ratio, out=ratio)
     safe_value = np.where(np.abs(value) > 1e-12, value, 1e-12)
     held /= safe_value[:, None]
+    cost = trade_cost + funding
     ctx = RewardContext(
         log_return=log_return,
         value=value,
         prev_value=state.value,
         peak=peak,
         prev_peak=state.peak,
-        turnover=costs.notional / state.value,
-        cost=trade_cost + funding,
-        benchmark_log_return=arrays.benchmark_log_return.take(s),
+        turnover=traded / state.value,
+        cost=cost,
+        benchmark_log_return=benchmark,
         exposure=held,
     )
     rew, reward_state = reward(ctx, state.reward_state)
 
-    in_trade = ~flat.all(axis=1)  # == (units != 0).any(axis=1), NaN included
-    time_in_trade = np.where(same_sign.all(axis=1), state.time_in_trade + 1, 1)
-    time_in_trade *= in_trade
-    n_trades = (q != 0.0).sum(axis=1)
+    time_in_trade = np.where(_row_all(same_sign), state.time_in_trade + 1, 1)
+    np.copyto(time_in_trade, 0, where=_row_all(flat))
+    moved = q != 0.0
+    n_trades = moved[:, 0].astype(np.int64) if n == 1 else moved.sum(axis=1)
 
     terminated = value <= 0.0
     if params.max_drawdown is not None:
@@ -436,22 +578,22 @@ def step_core(
         time_in_trade=time_in_trade,
         last_target=target,
         pending=pending,
-        fees=state.fees + costs.fee,
-        spread=state.spread + costs.spread,
-        impact=state.impact + costs.impact,
+        fees=state.fees + fee,
+        spread=state.spread + spread,
+        impact=state.impact + impact,
         funding=state.funding + funding,
         trades=state.trades + n_trades,
-        traded_notional=state.traded_notional + costs.notional,
+        traded_notional=state.traded_notional + traded,
         reward_state=reward_state,
     )
     out = StepOutput(
         reward=rew,
         terminated=terminated,
         truncated=truncated,
-        step_cost=trade_cost + funding,
+        step_cost=cost,
         trades=n_trades,
     )
-    return new_state, out
+    return new_state, out, _StepDetail(close=close, safe_value=safe_value, exposure=held)
 
 
 def portfolio_block(state: CoreState, arrays: MarketArrays, window: int) -> np.ndarray:
@@ -473,22 +615,52 @@ def portfolio_block_and_exposure(
     pass. The block is written column by column into one array (no concatenation) and clipped
     with ``maximum``/``minimum``, which equal ``np.clip`` element for element (NaN included).
     """
-    n = state.units.shape[1]
     close = arrays.close.take(state.t, axis=0)
     value = np.where(np.abs(state.value) > 1e-12, state.value, 1e-12)
     exposure = state.units * close
     exposure /= value[:, None]
+    return _portfolio(state, close, value, exposure, window), exposure
+
+
+def _portfolio(
+    state: CoreState, close: np.ndarray, value: np.ndarray, exposure: np.ndarray, window: int
+) -> np.ndarray:
+    """The clipped block from the close at ``state.t``, the floored value and the exposures."""
+    n = state.units.shape[1]
     out = np.empty((exposure.shape[0], 2 * n + 3))
     out[:, :n] = exposure
     np.divide(state.cash, value, out=out[:, n])
     upnl = close - state.entry_price
     upnl *= state.units
-    np.divide(upnl.sum(axis=1), value, out=out[:, n + 1])
+    np.divide(_row_sum(upnl), value, out=out[:, n + 1])
     np.divide(state.time_in_trade, state.time_in_trade + window, out=out[:, n + 2])
     out[:, n + 3 :] = state.last_target
     np.maximum(out, -PORTFOLIO_CLIP, out=out)
     np.minimum(out, PORTFOLIO_CLIP, out=out)
-    return out, exposure
+    return out
+
+
+def step_and_portfolio(
+    arrays: MarketArrays,
+    params: CoreParams,
+    reward: Reward,
+    state: CoreState,
+    target: np.ndarray,
+    tables: StepTables | None = None,
+) -> tuple[CoreState, StepOutput, np.ndarray, np.ndarray]:
+    """:func:`step_core`, then :func:`portfolio_block_and_exposure` of the new state.
+
+    The block reuses the close, floored value and exposures the step computed (the same
+    arrays :func:`portfolio_block_and_exposure` would recompute), so it costs a few array
+    operations instead of a second pass. The batched env's step uses it.
+
+    Returns:
+        The new state, the step's outputs, the ``(B, 2N + 3)`` portfolio block of the new
+        state and its unclipped ``(B, N)`` exposures.
+    """
+    new_state, out, detail = _step(arrays, params, reward, state, target, tables)
+    block = _portfolio(new_state, detail.close, detail.safe_value, detail.exposure, params.window)
+    return new_state, out, block, detail.exposure
 
 
 def observe(state: CoreState, arrays: MarketArrays, window: int) -> dict[str, np.ndarray]:

@@ -26,7 +26,8 @@ from envs.market_core import (
     initial_state,
     portfolio_block_and_exposure,
     reset_rows,
-    step_core,
+    step_and_portfolio,
+    step_tables,
 )
 from envs.market_env import MarketSetup, build_market_setup
 from envs.metrics import episode_metrics
@@ -77,6 +78,7 @@ class MarketTradingVectorEnv(VectorEnv):
         self._state: CoreState | None = None
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
         self._rows = np.arange(self.num_envs)
+        self._tables = step_tables(self.setup.arrays, self.setup.params)
         # Equals build_batch(observe(...)) but gathers each market window as one contiguous run
         # into the output (the per-bar gather of observe was most of the step's time).
         self._assemble = self.setup.builder.batch_assembler(
@@ -147,7 +149,9 @@ class MarketTradingVectorEnv(VectorEnv):
             # Their actions are ignored (NEXT_STEP autoreset): substitute a valid no-op.
             actions = self._neutralise(actions, resetting)
         targets = setup.map_actions(actions, self.num_envs)
-        state, out = step_core(setup.arrays, setup.params, setup.reward, self._state, targets)
+        state, out, block, exposure = step_and_portfolio(
+            setup.arrays, setup.params, setup.reward, self._state, targets, self._tables
+        )
         rewards = out.reward
         terminated = out.terminated
         truncated = out.truncated
@@ -160,10 +164,12 @@ class MarketTradingVectorEnv(VectorEnv):
             terminated = terminated & ~resetting
             truncated = truncated & ~resetting
             step_cost = np.where(resetting, 0.0, step_cost)
+            # The block and exposures of the reset rows changed: recompute (rare steps).
+            block, exposure = portfolio_block_and_exposure(state, setup.arrays, setup.params.window)
         self._state = state
         self._equity[self._rows, state.steps] = state.value
         done = terminated | truncated
-        obs, exposure = self._observe(state)
+        obs = self._assemble(state.t, block)
         info = self._info(state, step_cost, exposure)
         if done.any():
             info["episode"], info["_episode"] = self._episode_info(state, done), done.copy()
