@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_market_fast import FEATURES, REWARDS, volatile_dataset  # tests/ is on sys.path
 
 from envs.execution import holding_cost, order_costs, size_orders
 from envs.market_core import (
@@ -25,7 +26,6 @@ from envs.market_core import (
 )
 from envs.market_env import build_market_setup
 from envs.rewards import RewardContext
-from test_market_fast import FEATURES, REWARDS, volatile_dataset
 
 
 def reference_step(arrays, params, reward, state, target):
