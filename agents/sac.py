@@ -272,6 +272,7 @@ class SAC(Learner):
         self.episode_returns: deque[float] = deque(maxlen=100)
         self.episode_lengths: deque[int] = deque(maxlen=100)
         self._last_stats: dict[str, torch.Tensor] = {}
+        self._stats_pending = False
 
     def _adam(self, params: Any) -> torch.optim.Adam:
         # Fused Adam does the whole parameter update in one kernel (CPU support since torch 2.4);
@@ -355,7 +356,8 @@ class SAC(Learner):
         """
         cfg = self.config
         if self._explicit is not None:
-            self._last_stats.update(self._explicit.step(batch))
+            self._explicit.step(batch)
+            self._stats_pending = True  # computed when read (train_stats), not every step
         else:
             self._autograd_update(batch)
         self.num_updates += 1
@@ -429,6 +431,9 @@ class SAC(Learner):
 
     def train_stats(self) -> dict[str, float]:
         """The last update's losses, entropy coefficient and mean Q (one host read each)."""
+        if self._stats_pending and self._explicit is not None:
+            self._last_stats.update(self._explicit.stats())
+            self._stats_pending = False
         return {name: float(value.item()) for name, value in self._last_stats.items()}
 
     def learn(
