@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from predictors.gru import FastGRU
+
 
 class RecurrentGaussianNet(nn.Module):
     """LSTM or GRU stack with residual skips and a Gaussian (mean, variance) head.
@@ -40,7 +42,8 @@ class RecurrentGaussianNet(nn.Module):
         min_var: float = 1e-4,
     ) -> None:
         super().__init__()
-        rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        # FastGRU is nn.GRU (same parameters and forward) with a cheaper online-step kernel.
+        rnn_cls = {"lstm": nn.LSTM, "gru": FastGRU}[cell]
         self.input_proj = nn.Linear(n_features, hidden_size)
         self.layers = nn.ModuleList(
             [rnn_cls(hidden_size, hidden_size, batch_first=True) for _ in range(num_layers)]
@@ -66,9 +69,22 @@ class RecurrentGaussianNet(nn.Module):
                 only the last ``grad_steps`` carry gradients. Each layer restarts from the state
                 it reached at the cut, so the output equals the full forward's; only the
                 gradient is truncated (and backward is about ``grad_steps / W`` as costly).
+                A GRU stack on the CPU runs this through ``FastGRU.forward_fused`` (same
+                numbers up to rounding); ``grad_steps=0`` (fit, inference) is ``nn.GRU``'s.
         """
         steps = x.shape[1]
-        if 0 < grad_steps < steps and torch.is_grad_enabled():
+        truncate = 0 < grad_steps < steps and torch.is_grad_enabled()
+        if truncate and self._fused(x):
+            # Online step of a GRU stack on the CPU: one pass per layer through FastGRU's loop
+            # kernel, which truncates the gradient itself (PyTorch's CPU GRU is a per-step cell
+            # of many small autograd operations; predictors.gru, issue 6). Steps before the cut
+            # get no gradient from any layer, so input_proj and the residual sums there get
+            # none either: the same gradient as the split below.
+            h = self.input_proj(x)
+            for rnn in self.layers:
+                out, _ = rnn.forward_fused(h, grad_steps=grad_steps)
+                h = h + self.dropout(out)
+        elif truncate:
             cut = steps - grad_steps
             # Inference mode is cheaper than no_grad for the recurrent kernels on CPU; its
             # tensors may not enter autograd, so the carried states are cloned out of it.
@@ -96,6 +112,10 @@ class RecurrentGaussianNet(nn.Module):
         if self.input_skip:
             last = torch.cat([last, x[:, -1]], dim=-1)
         return last
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether every recurrent layer can run FastGRU's kernel on ``x``'s device."""
+        return all(isinstance(rnn, FastGRU) and rnn.fusable(x) for rnn in self.layers)
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian head: mean and variance (softplus plus floor) from ``encode``'s output."""
