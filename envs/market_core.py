@@ -564,7 +564,7 @@ def _step(
     if params.max_drawdown is not None:
         terminated |= value < peak * (1.0 - params.max_drawdown)
     truncated = s >= state.end
-    truncated &= ~terminated
+    np.copyto(truncated, False, where=terminated)
 
     new_state = CoreState(
         t=s,
@@ -612,8 +612,8 @@ def portfolio_block_and_exposure(
     """:func:`portfolio_block` and the unclipped ``(B, N)`` exposures it starts from.
 
     The batched env reports the exposures in its info; computing both here saves it a second
-    pass. The block is written column by column into one array (no concatenation) and clipped
-    with ``maximum``/``minimum``, which equal ``np.clip`` element for element (NaN included).
+    pass. The block is written column by column into one array (no concatenation), then
+    clipped in place.
     """
     close = arrays.close.take(state.t, axis=0)
     value = np.where(np.abs(state.value) > 1e-12, state.value, 1e-12)
@@ -635,8 +635,9 @@ def _portfolio(
     np.divide(_row_sum(upnl), value, out=out[:, n + 1])
     np.divide(state.time_in_trade, state.time_in_trade + window, out=out[:, n + 2])
     out[:, n + 3 :] = state.last_target
-    np.maximum(out, -PORTFOLIO_CLIP, out=out)
-    np.minimum(out, PORTFOLIO_CLIP, out=out)
+    # np.clip equals maximum then minimum element for element here (NaN stays NaN; the two
+    # differ only on a value equal to a bound, and +-100 has one bit pattern), in one pass.
+    np.clip(out, -PORTFOLIO_CLIP, PORTFOLIO_CLIP, out=out)
     return out
 
 

@@ -77,7 +77,10 @@ class MarketTradingVectorEnv(VectorEnv):
         self._rngs: list[np.random.Generator] | None = None
         self._state: CoreState | None = None
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
-        self._rows = np.arange(self.num_envs)
+        # Flat index of each env's first equity slot: one 1-D scatter per step instead of a
+        # 2-D fancy assignment (half the cost at 1024 envs).
+        self._equity_rows = np.arange(self.num_envs) * self._equity.shape[1]
+        self._everyone = np.ones(self.num_envs, dtype=bool)
         self._tables = step_tables(self.setup.arrays, self.setup.params)
         # Equals build_batch(observe(...)) but gathers each market window as one contiguous run
         # into the output (the per-bar gather of observe was most of the step's time).
@@ -144,7 +147,7 @@ class MarketTradingVectorEnv(VectorEnv):
             raise RuntimeError("MarketTradingVectorEnv.step called before reset()")
         setup = self.setup
         resetting = self._autoreset
-        any_reset = bool(resetting.any())
+        any_reset = np.count_nonzero(resetting) > 0  # cheaper than .any() on (B,) bools
         if any_reset:
             # Their actions are ignored (NEXT_STEP autoreset): substitute a valid no-op.
             actions = self._neutralise(actions, resetting)
@@ -167,11 +170,11 @@ class MarketTradingVectorEnv(VectorEnv):
             # The block and exposures of the reset rows changed: recompute (rare steps).
             block, exposure = portfolio_block_and_exposure(state, setup.arrays, setup.params.window)
         self._state = state
-        self._equity[self._rows, state.steps] = state.value
+        self._equity.reshape(-1)[self._equity_rows + state.steps] = state.value
         done = terminated | truncated
         obs = self._assemble(state.t, block)
         info = self._info(state, step_cost, exposure)
-        if done.any():
+        if np.count_nonzero(done):
             info["episode"], info["_episode"] = self._episode_info(state, done), done.copy()
         self._autoreset = done
         return obs, rewards, terminated, truncated, info
@@ -227,10 +230,11 @@ class MarketTradingVectorEnv(VectorEnv):
             "impact": state.impact.copy(),
             "funding": state.funding.copy(),
             "trades": state.trades.copy(),
-            "step_cost": np.asarray(step_cost, dtype=np.float64).copy(),
+            # A fresh array of step_core's (or of the autoreset's where).
+            "step_cost": step_cost,
         }
         info: dict[str, Any] = {}
-        everyone = np.ones(self.num_envs, dtype=bool)
+        everyone = self._everyone.copy()
         for key, arr in values.items():
             info[key] = arr
             info[f"_{key}"] = everyone
