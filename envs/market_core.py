@@ -333,9 +333,12 @@ class StepTables(NamedTuple):
     optional: without it the step gathers each array separately, with the same results.
 
     Attributes:
-        bars: ``(T, 4N + 1)`` float64; row ``s`` holds the fill bar's open (``N``), close
-            (``N``), ``impact_k * sigma[s - 1]`` (``N``), ``volume[s - 1]`` (``N``) and the
-            benchmark log return into ``s``. Row 0 is never read (fills happen at ``s >= 1``).
+        bars: ``(5, T, N)`` float64: at fill bar ``s``, ``bars[:, s]`` holds the open, the
+            close, ``impact_k * sigma[s - 1]``, ``volume[s - 1]`` and (in column 0) the
+            benchmark log return into ``s``. Bar 0 is never read (fills happen at ``s >= 1``).
+            One ``take`` along axis 1 gives five C-contiguous ``(B, N)`` arrays (arithmetic
+            on contiguous operands is ~1 us cheaper per call at ``B = 1024`` than on the
+            strided columns of a ``(T, 5N)`` layout).
     """
 
     bars: np.ndarray
@@ -347,14 +350,13 @@ def step_tables(arrays: MarketArrays, params: CoreParams) -> StepTables:
     ``impact_k * sigma`` is the first product of the impact formula (evaluated left to right),
     so precomputing it per bar leaves every result bit unchanged.
     """
-    n = arrays.n_assets
-    prev = np.maximum(np.arange(arrays.n_bars) - 1, 0)  # row 0: a placeholder, never read
-    bars = np.empty((arrays.n_bars, 4 * n + 1))
-    bars[:, :n] = arrays.open
-    bars[:, n : 2 * n] = arrays.close
-    bars[:, 2 * n : 3 * n] = params.execution.impact_k * arrays.sigma[prev]
-    bars[:, 3 * n : 4 * n] = arrays.volume[prev]
-    bars[:, 4 * n] = arrays.benchmark_log_return
+    prev = np.maximum(np.arange(arrays.n_bars) - 1, 0)  # bar 0: a placeholder, never read
+    bars = np.zeros((5, arrays.n_bars, arrays.n_assets))
+    bars[0] = arrays.open
+    bars[1] = arrays.close
+    bars[2] = params.execution.impact_k * arrays.sigma[prev]
+    bars[3] = arrays.volume[prev]
+    bars[4, :, 0] = arrays.benchmark_log_return
     return StepTables(bars=bars)
 
 
@@ -443,12 +445,8 @@ def _step(
         executed = target
         pending = state.pending
     if tables is not None:
-        bars = tables.bars.take(s, axis=0)
-        price = bars[:, :n]
-        close = bars[:, n : 2 * n]
-        k_sigma = bars[:, 2 * n : 3 * n]
-        volume = bars[:, 3 * n : 4 * n]
-        benchmark = bars[:, 4 * n]
+        price, close, k_sigma, volume, bench = tables.bars.take(s, axis=1)
+        benchmark = bench[:, 0]
     else:
         before = s - 1
         price = arrays.open.take(s, axis=0)

@@ -48,8 +48,8 @@ class MarketTradingVectorEnv(VectorEnv):
         render_mode: must be None (render a single ``MarketTradingEnv`` instead).
         **kwargs: every keyword argument of :class:`envs.market_env.MarketTradingEnv`.
 
-    Memory: the equity curves of the running episodes are kept in a ``(num_envs,
-    episode_length + 1)`` float64 buffer (``episode_length=None`` uses the data length).
+    Memory: the equity curves of the running episodes are kept in an ``(episode_length + 1,
+    num_envs)`` float64 buffer (``episode_length=None`` uses the data length).
     """
 
     metadata: ClassVar[dict[str, Any]] = {
@@ -73,13 +73,15 @@ class MarketTradingVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         lo, _ = self.setup.start_range()
         length = self.setup.episode_length or (self.setup.arrays.n_bars - 1 - lo)
-        self._equity = np.zeros((self.num_envs, length + 1))
+        # Step-major ``(episode_length + 1, num_envs)``: envs at the same step of their
+        # episodes (all of them until the first uneven autoreset) write one contiguous run.
+        self._equity = np.zeros((length + 1, self.num_envs))
         self._rngs: list[np.random.Generator] | None = None
         self._state: CoreState | None = None
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
-        # Flat index of each env's first equity slot: one 1-D scatter per step instead of a
+        # Flat index of each env's slot at step 0: one 1-D scatter per step instead of a
         # 2-D fancy assignment (half the cost at 1024 envs).
-        self._equity_rows = np.arange(self.num_envs) * self._equity.shape[1]
+        self._env_slots = np.arange(self.num_envs)
         self._everyone = np.ones(self.num_envs, dtype=bool)
         self._tables = step_tables(self.setup.arrays, self.setup.params)
         # Equals build_batch(observe(...)) but gathers each market window as one contiguous run
@@ -136,7 +138,7 @@ class MarketTradingVectorEnv(VectorEnv):
         starts, ends = self._draw(np.ones(self.num_envs, dtype=bool))
         setup = self.setup
         self._state = initial_state(setup.arrays, setup.params, setup.reward, starts, ends)
-        self._equity[:, 0] = setup.params.initial_cash
+        self._equity[0] = setup.params.initial_cash
         self._autoreset[:] = False
         obs, exposure = self._observe(self._state)
         return obs, self._info(self._state, np.zeros(self.num_envs), exposure)
@@ -170,7 +172,9 @@ class MarketTradingVectorEnv(VectorEnv):
             # The block and exposures of the reset rows changed: recompute (rare steps).
             block, exposure = portfolio_block_and_exposure(state, setup.arrays, setup.params.window)
         self._state = state
-        self._equity.reshape(-1)[self._equity_rows + state.steps] = state.value
+        slots = state.steps * self.num_envs
+        slots += self._env_slots
+        self._equity.reshape(-1)[slots] = state.value
         done = terminated | truncated
         obs = self._assemble(state.t, block)
         info = self._info(state, step_cost, exposure)
@@ -249,7 +253,8 @@ class MarketTradingVectorEnv(VectorEnv):
         # Episodes that end together usually have the same length: one array pass per length.
         for length in np.unique(lengths):
             group = rows[lengths == length]
-            metrics = batch_episode_metrics(self._equity[group, :length], bpy, turnover[group])
+            curves = self._equity[:length, group].T  # made contiguous by the metrics
+            metrics = batch_episode_metrics(curves, bpy, turnover[group])
             for k in _EPISODE_KEYS:
                 out[k][group] = metrics[k]
         for k in _EPISODE_KEYS:
