@@ -440,9 +440,10 @@ class ExplicitSACUpdate:
         q_pi, pi_hidden = _ensemble_forward(self.critic_layers, pi_in, ws, "pi")
         q_pi = q_pi.squeeze(-1)
         min_q_pi = q_pi.amin(dim=0)
-        is_min = (q_pi == min_q_pi).to(q_pi.dtype)
+        is_min_mask = q_pi == min_q_pi
+        is_min = is_min_mask.to(q_pi.dtype)
         grad_q = is_min.div_(is_min.sum(0)).mul_(-1.0 / n).unsqueeze(-1)  # d loss / d Q_k
-        grad_action = self._ensemble_input_backward(pi_hidden, grad_q)  # (B, A)
+        grad_action = self._ensemble_input_backward(pi_hidden, grad_q, is_min_mask)  # (B, A)
         a, std, eps = action_all[:n], std_all[:n], noise[:n]
         # d loss / du = dL/da * (1 - a^2) + dL/dlogpi * 2a, with dL/dlogpi = alpha / B.
         grad_pre = grad_action.mul_(1.0 - a.square()).add_(a * (alpha * (2.0 / n)))
@@ -522,17 +523,57 @@ class ExplicitSACUpdate:
                 grad = _relu_backward_(_batched_input_grad(grad, weight, out), hidden[i - 1])
 
     def _ensemble_input_backward(
-        self, hidden: list[torch.Tensor], grad_out: torch.Tensor
+        self, hidden: list[torch.Tensor], grad_out: torch.Tensor, is_min: torch.Tensor
     ) -> torch.Tensor:
-        """Gradient w.r.t. the action columns of the critics' shared input, summed over K."""
+        """Gradient w.r.t. the action columns of the critics' shared input, summed over K.
+
+        ``is_min`` (K, B) marks where ``grad_out`` can be non-zero: the actor's loss reads
+        ``min_k Q_k``, so each row sends gradient to its minimum member only (both on a tie).
+        On the CPU, each member's backward then runs on its own rows only, which halves the
+        256x256 matmul here for twin critics; the rows it skips would contribute exact zeros.
+        """
         layers = self.critic_layers
-        grad = grad_out
-        for i in range(len(layers) - 1, 0, -1):
-            out = self.workspace.get(f"pi.g{i}", hidden[i - 1].shape, grad)
-            grad = _relu_backward_(_batched_input_grad(grad, layers[i][0], out), hidden[i - 1])
+        rows = self._member_rows(is_min)
+        if rows is None:
+            grad = grad_out
+            for i in range(len(layers) - 1, 0, -1):
+                out = self.workspace.get(f"pi.g{i}", hidden[i - 1].shape, grad)
+                grad = _relu_backward_(_batched_input_grad(grad, layers[i][0], out), hidden[i - 1])
+            obs_dim = self.agent.obs_dim
+            first = layers[0][0][:, obs_dim:, :]  # (K, A, hidden): rows of the action inputs
+            return torch.bmm(grad, first.transpose(1, 2)).sum(0)
+        # The last product (width A) goes back through the all-rows batched matmul: BLAS rounds
+        # its narrow output differently on a row subset, and it is cheap.
+        first_hidden = hidden[0]
+        grad_first = self.workspace.get("pi.g1", first_hidden.shape, grad_out).zero_()
+        for k, idx in enumerate(rows):
+            grad = grad_out[k].index_select(0, idx)  # (n_k, 1)
+            for i in range(len(layers) - 1, 0, -1):
+                weight = layers[i][0][k]  # (in, out)
+                if weight.shape[-1] == 1:
+                    grad = torch.mul(grad, weight.t())  # outer product, see _batched_input_grad
+                else:
+                    grad = torch.mm(grad, weight.t())
+                grad = _relu_backward_(grad, hidden[i - 1][k].index_select(0, idx))
+            grad_first[k].index_copy_(0, idx, grad)
         obs_dim = self.agent.obs_dim
         first = layers[0][0][:, obs_dim:, :]  # (K, A, hidden): rows of the action inputs
-        return torch.bmm(grad, first.transpose(1, 2)).sum(0)
+        return torch.bmm(grad_first, first.transpose(1, 2)).sum(0)
+
+    @staticmethod
+    def _member_rows(is_min: torch.Tensor) -> list[torch.Tensor] | None:
+        """Row indices per member where ``is_min`` holds; None to use the all-rows path.
+
+        CPU only (finding the rows reads their count, a host sync on a GPU). Below ~8 rows
+        BLAS switches to a matrix-vector kernel whose rounding differs from the batched
+        matmul's, so a member with fewer than 16 rows also takes the all-rows path.
+        """
+        if is_min.device.type != "cpu" or is_min.shape[1] < 64:
+            return None
+        rows = [torch.nonzero(member).view(-1) for member in is_min]
+        if any(idx.numel() < 16 for idx in rows):
+            return None
+        return rows
 
 
 def actor_action(
