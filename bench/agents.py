@@ -1,6 +1,7 @@
 """Agent benchmarks: our SAC vs Stable-Baselines3's SAC on Pendulum-v1 (and the DQN section).
 
-Run: ``.venv/bin/python bench/agents.py [--only sac|dqn|all] [--steps N] [--seeds 0 1]``.
+Run: ``.venv/bin/python bench/agents.py [--only sac|dqn|all] [--steps N] [--seeds 0 1]
+[--threads 1 2]``.
 
 SAC section: both learners train ``--steps`` (default 20k) env steps on Pendulum-v1 with SB3's
 defaults except learning rate 1e-3 (DOMAIN.md: SB3 SAC at lr 1e-3 reaches about -150 in 20k
@@ -14,10 +15,16 @@ Our SAC runs its default update, hand-written backward passes (``agents/sac_expl
 ``--autograd`` runs our autograd reference update instead (``explicit_gradients=False``) and
 ``--compile`` the autograd update with ``torch.compile``d forward passes, for comparison.
 
-Threads: the networks are tiny ([256, 256], batch 256), so ``torch.set_num_threads(1)``
-(``--threads``, applied to both learners) avoids thread oversubscription, which on a shared
-2-core machine made a 2-thread run about 10x slower in our trials. Figures depend on machine
-load: never assert them in tests.
+Threads: ``--threads 1 2`` runs the SAC section once per thread count (both learners always at
+the same count, set with ``torch.set_num_threads``) and ends with one summary row per count:
+seconds, ms per env step and the wall-clock ratio SB3 / ours. The default stays one thread. The
+networks are tiny ([256, 256], batch 256), so a second thread helps the matmuls but not the
+per-op overhead around them. 2k-step runs (issue 5; ours after the fused-Adam and per-member
+critic backward changes): on a quiet machine the lead measured ours 8.92 / SB3 13.66 ms per step
+at 1 thread and 6.42 / 12.73 at 2 threads (before those changes); 2 threads only lose when
+other processes already keep both cores busy (an earlier "2 threads ~10x slower" figure came
+from such oversubscription on a shared machine). Figures depend on machine load: never assert
+them in tests.
 
 DQN section: ``bench/agents_dqn.py``'s ``bench_dqn`` (our Q-learning vs SB3 DQN on CartPole).
 """
@@ -158,11 +165,30 @@ def _bench_dqn(steps: int | None, seeds: tuple[int, ...]) -> None:
     module.bench_dqn(**kwargs)
 
 
+def _print_thread_summary(by_threads: dict[int, list[dict[str, float | str]]], steps: int) -> None:
+    """One row per thread count: summed train seconds, ms per env step, ratio SB3 / ours."""
+    print(f"\n{ENV_ID}, {steps} steps: wall-clock by torch thread count (same count for both):")
+    print(
+        "{:>7} {:>9} {:>9} {:>11} {:>11} {:>10}".format(
+            "threads", "ours_s", "sb3_s", "ours_ms/st", "sb3_ms/st", "sb3/ours"
+        )
+    )
+    for threads, rows in by_threads.items():
+        ours = sum(float(r["train_s"]) for r in rows if r["name"] == "ours-sac")
+        sb3 = sum(float(r["train_s"]) for r in rows if r["name"] == "sb3-sac")
+        runs = max(1, sum(1 for r in rows if r["name"] == "ours-sac"))
+        print(
+            f"{threads:>7} {ours:>9.1f} {sb3:>9.1f} {1e3 * ours / (runs * steps):>11.2f} "
+            f"{1e3 * sb3 / (runs * steps):>11.2f} {sb3 / ours:>9.2f}x"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``--only``, ``--steps``, ``--seeds``, ``--threads``, ``--compile`` and
     ``--autograd`` (see the module docstring).
 
     ``--steps`` applies to whichever sections run; without it each uses its own default.
+    ``--threads`` takes one or more counts; the SAC section runs once per count.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=["sac", "dqn", "all"], default="all")
@@ -170,16 +196,30 @@ def main(argv: list[str] | None = None) -> None:
         "--steps", type=int, default=None, help="env steps per run (default: 20k SAC, DQN's own)"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="torch thread counts; SAC runs once per count (default 1)",
+    )
     parser.add_argument("--compile", action="store_true", help="our SAC with torch.compile")
     parser.add_argument(
         "--autograd", action="store_true", help="our SAC's autograd update (reference path)"
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if any(t < 1 for t in args.threads):
+        parser.error(f"--threads: expected counts >= 1, got {args.threads}")
     if args.only in ("sac", "all"):
-        bench_sac(args.steps or 20_000, tuple(args.seeds), args.compile, args.autograd)
+        steps = args.steps or 20_000
+        by_threads: dict[int, list[dict[str, float | str]]] = {}
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            print(f"SAC section with {threads} torch thread(s):", flush=True)
+            by_threads[threads] = bench_sac(steps, tuple(args.seeds), args.compile, args.autograd)
+        _print_thread_summary(by_threads, steps)
     if args.only in ("dqn", "all"):
+        torch.set_num_threads(args.threads[0])
         _bench_dqn(args.steps, tuple(args.seeds))
 
 
