@@ -144,27 +144,31 @@ def _lease(steps: int, batch: int, hidden: int, like: torch.Tensor) -> _Lease:
 def _run(
     ws: _Workspace,
     x: torch.Tensor,
-    h0: torch.Tensor,
+    h0: torch.Tensor | None,
     w_ih: torch.Tensor,
     w_hh: torch.Tensor,
     b_ih: torch.Tensor,
     b_hh: torch.Tensor,
 ) -> None:
     """The GRU over time-major ``x`` into ``ws``: one matrix product for all steps' input
-    projection, then five tensor operations per step."""
+    projection, then five tensor operations per step. ``h0`` None: zeros."""
     steps, batch, hidden = ws.shape
     with torch.inference_mode():
         # Inference mode drops the autograd and view-tracking dispatch from every operation
         # (about a tenth of the loop's cost); the buffers are ordinary tensors written in
         # place, which inference mode allows.
         pre = ws.pre
-        torch.addmm(b_ih, x.reshape(steps * batch, -1), w_ih.t(), out=pre.view(steps * batch, -1))
+        flat = pre.view(steps * batch, -1)
+        torch.addmm(b_ih, x.reshape(steps * batch, -1), w_ih.t(), out=flat)
         ws.n.copy_(pre[..., 2 * hidden :])
         # b_hh's r and z parts are added here once for all steps, which saves an addition per
         # step; its n part is where the step's addmm_ adds h W_hn^T.
         pre[..., : 2 * hidden] += b_hh[: 2 * hidden]
         pre[..., 2 * hidden :] = b_hh[2 * hidden :]
-        ws.hs[0].copy_(h0)
+        if h0 is None:
+            ws.hs[0].zero_()
+        else:
+            ws.hs[0].copy_(h0)
         w_hh_t = w_hh.t()
         for pre_t, rz_t, r_t, z_t, gh_n_t, n_t, h_t, h_next in ws.steps:
             pre_t.addmm_(h_t, w_hh_t)  # [a_r, a_z, gh_n]
@@ -181,7 +185,7 @@ class _GRUFunction(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any,
         x: torch.Tensor,
-        h0: torch.Tensor,
+        h0: torch.Tensor | None,
         w_ih: torch.Tensor,
         w_hh: torch.Tensor,
         b_ih: torch.Tensor,
@@ -250,7 +254,7 @@ class _GRUFunction(torch.autograd.Function):
 
 def gru_sequence(
     x: torch.Tensor,
-    h0: torch.Tensor,
+    h0: torch.Tensor | None,
     w_ih: torch.Tensor,
     w_hh: torch.Tensor,
     b_ih: torch.Tensor,
@@ -261,7 +265,7 @@ def gru_sequence(
 
     Args:
         x: time-major inputs ``(T, B, I)``.
-        h0: initial state ``(B, H)``.
+        h0: initial state ``(B, H)``; None: zeros.
         w_ih, w_hh, b_ih, b_hh: ``nn.GRU``'s ``weight_ih_l0`` ``(3H, I)``, ``weight_hh_l0``
             ``(3H, H)``, ``bias_ih_l0`` and ``bias_hh_l0`` ``(3H,)``, gates in r, z, n order.
         grad_steps: truncated back-propagation through time (Williams & Peng 1990): when
@@ -274,7 +278,7 @@ def gru_sequence(
         autograd records.
     """
     needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
+        t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
     )
     steps = x.shape[0]
     if needs_grad:

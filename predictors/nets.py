@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from predictors.gru import FastGRU
+from predictors.gru import FastGRU, gru_sequence
 
 
 class RecurrentGaussianNet(nn.Module):
@@ -75,15 +75,7 @@ class RecurrentGaussianNet(nn.Module):
         steps = x.shape[1]
         truncate = 0 < grad_steps < steps and torch.is_grad_enabled()
         if truncate and self._fused(x):
-            # Online step of a GRU stack on the CPU: one pass per layer through FastGRU's loop
-            # kernel, which truncates the gradient itself (PyTorch's CPU GRU is a per-step cell
-            # of many small autograd operations; predictors.gru, issue 6). Steps before the cut
-            # get no gradient from any layer, so input_proj and the residual sums there get
-            # none either: the same gradient as the split below.
-            h = self.input_proj(x)
-            for rnn in self.layers:
-                out, _ = rnn.forward_fused(h, grad_steps=grad_steps)
-                h = h + self.dropout(out)
+            return self._encode_fused(x, grad_steps)
         elif truncate:
             cut = steps - grad_steps
             # Inference mode is cheaper than no_grad for the recurrent kernels on CPU; its
@@ -109,6 +101,46 @@ class RecurrentGaussianNet(nn.Module):
                 out, _ = rnn(h)
                 h = h + self.dropout(out)
         last = h[:, -1]
+        if self.input_skip:
+            last = torch.cat([last, x[:, -1]], dim=-1)
+        return last
+
+    def _encode_fused(self, x: torch.Tensor, grad_steps: int) -> torch.Tensor:
+        """``encode`` with truncation for a GRU stack on the CPU: the online step's path.
+
+        PyTorch's CPU GRU is a per-step cell of many small autograd operations (issue 6), so
+        every layer runs FastGRU's loop kernel (``predictors.gru``) once over the whole window;
+        the kernel truncates the gradient itself. Steps before the cut then get no gradient
+        from any layer, so neither do ``input_proj`` and the residual sums there: the gradient
+        is the split path's. Time-major throughout (no transposed copies). The first layer's
+        input gates come from the raw features through ``W_ih W_proj`` (``F`` columns instead
+        of ``hidden_size``): ``W_ih (W_proj x + b_proj) + b_ih`` regrouped, equal up to
+        rounding. Only the last bar of the last residual sum is formed.
+        """
+        x_tm = x.transpose(0, 1)
+        proj, first = self.input_proj, self.layers[0]
+        w_fold = first.weight_ih_l0 @ proj.weight
+        b_fold = torch.addmv(first.bias_ih_l0, first.weight_ih_l0, proj.bias)
+        out = gru_sequence(
+            x_tm, None, w_fold, first.weight_hh_l0, b_fold, first.bias_hh_l0, grad_steps
+        )[1:]
+        if len(self.layers) == 1:
+            last = proj(x[:, -1]) + self.dropout(out[-1])
+        else:
+            h = proj(x_tm) + self.dropout(out)
+            for k, rnn in enumerate(self.layers[1:], start=2):
+                out = gru_sequence(
+                    h,
+                    None,
+                    rnn.weight_ih_l0,
+                    rnn.weight_hh_l0,
+                    rnn.bias_ih_l0,
+                    rnn.bias_hh_l0,
+                    grad_steps,
+                )[1:]
+                if k < len(self.layers):
+                    h = h + self.dropout(out)
+            last = h[-1] + self.dropout(out[-1])
         if self.input_skip:
             last = torch.cat([last, x[:, -1]], dim=-1)
         return last

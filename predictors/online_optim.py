@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 from envs.errors import DataError
@@ -58,6 +59,9 @@ class FlatAdam:
         self.exp_avg = torch.zeros(n, dtype=ref.dtype, device=ref.device)
         self.exp_avg_sq = torch.zeros(n, dtype=ref.dtype, device=ref.device)
         self.steps = 0
+        self._denom: torch.Tensor | None = None
+        self._update: torch.Tensor | None = None
+        self._update_views: list[torch.Tensor] | None = None
 
     def zero_grad(self) -> None:
         """Drop the gradients (autograd allocates fresh ones on the next backward)."""
@@ -75,22 +79,36 @@ class FlatAdam:
             for p in self.params
         ]
         g = torch.cat(grads)
-        norm = torch.linalg.vector_norm(g)
+        norm = float(torch.linalg.vector_norm(g))
         if self.max_grad_norm > 0:
-            # clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied only when below 1.
-            g.mul_(torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0))
+            coef = clip_coefficient(self.max_grad_norm, norm)
+            if coef < 1.0:  # clip_grad_norm_ multiplies by exactly 1.0 otherwise
+                g.mul_(coef)
         beta1, beta2 = self.betas
         self.steps += 1
         self.exp_avg.lerp_(g, 1 - beta1)
         self.exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         bias1 = 1 - beta1**self.steps
         bias2_sqrt = math.sqrt(1 - beta2**self.steps)
-        denom = (self.exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
-        update = (self.exp_avg / denom).mul_(-self.lr / bias1)
-        chunks = update.split(self.sizes)
-        steps = [u.view_as(p) for u, p in zip(chunks, self.params, strict=True)]
-        torch._foreach_add_(self.params, steps)
-        return float(norm)
+        # The same operations as before, written into buffers kept between steps, whose
+        # per-parameter views are made once (issue 6: each view or allocation is a dispatcher
+        # call on a sub-2 ms step).
+        if self._update_views is None:
+            self._denom = torch.empty_like(self.exp_avg)
+            self._update = torch.empty_like(self.exp_avg)
+            chunks = self._update.split(self.sizes)
+            self._update_views = [u.view_as(p) for u, p in zip(chunks, self.params, strict=True)]
+        torch.sqrt(self.exp_avg_sq, out=self._denom).div_(bias2_sqrt).add_(self.eps)
+        torch.div(self.exp_avg, self._denom, out=self._update).mul_(-self.lr / bias1)
+        torch._foreach_add_(self.params, self._update_views)
+        return norm
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies rebuild the scratch buffers and views on their first step (a deep copy's
+        # views would otherwise depend on how the copy treats aliasing).
+        state = dict(self.__dict__)
+        state.update(_denom=None, _update=None, _update_views=None)
+        return state
 
     # --- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -135,3 +153,18 @@ class FlatAdam:
         self.steps = int(float(per_param[ids[0]]["step"]))
         self.exp_avg.copy_(torch.cat([per_param[i]["exp_avg"].reshape(-1) for i in ids]))
         self.exp_avg_sq.copy_(torch.cat([per_param[i]["exp_avg_sq"].reshape(-1) for i in ids]))
+
+
+def clip_coefficient(max_norm: float, norm: float) -> float:
+    """``clip_grad_norm_``'s factor ``min(max_norm / (norm + 1e-6), 1)``, in its float32 steps.
+
+    PyTorch computes it on a float32 tensor as ``reciprocal(norm + 1e-6) * max_norm``; the same
+    float32 operations on scalars give the same bits without four tensor operations per step.
+
+    Args:
+        max_norm: the clipping threshold.
+        norm: the global gradient norm (a float32 value).
+    """
+    f32 = np.float32
+    coef = (f32(1.0) / (f32(norm) + f32(1e-6))) * f32(max_norm)
+    return float(min(coef, f32(1.0)))

@@ -126,3 +126,25 @@ def test_fused_path_only_where_it_applies():
     assert not FastGRU(3, 4, num_layers=2, batch_first=True).fusable(torch.zeros(2, 5, 3))
     with pytest.raises(ValueError, match="not fusable"):
         FastGRU(3, 4, bidirectional=True, batch_first=True).forward_fused(torch.zeros(2, 5, 3))
+
+
+def test_workspaces_are_not_shared_between_live_graphs():
+    """Buffers are reused between calls, never while a graph that needs them is alive."""
+    ref, fast = _pair(3, 4)
+    xs = [torch.randn(2, 5, 3) for _ in range(3)]
+    outs = [fast.forward_fused(x)[0] for x in xs]  # three graphs alive at once, same shape
+    for x, out in zip(xs, outs, strict=True):
+        torch.testing.assert_close(out, ref(x)[0], rtol=1e-5, atol=1e-6)
+    grads = []
+    for out in reversed(outs):  # backward in reverse order, one retained twice
+        fast.zero_grad()
+        out.sum().backward(retain_graph=True)
+        first = fast.weight_hh_l0.grad.clone()
+        fast.zero_grad()
+        out.sum().backward()
+        torch.testing.assert_close(fast.weight_hh_l0.grad, first)
+        grads.append(first)
+    for x, got in zip(reversed(xs), grads, strict=True):
+        ref.zero_grad()
+        ref(x)[0].sum().backward()
+        torch.testing.assert_close(got, ref.weight_hh_l0.grad, rtol=1e-5, atol=1e-6)
