@@ -414,6 +414,11 @@ def step_core(
 
     Returns:
         The new state and per-row outputs.
+
+    The reward's context shares arrays with the results (``ctx.cost`` is ``out.step_cost``,
+    ``ctx.value`` is the new state's value, ``ctx.exposure`` feeds the portfolio block of
+    :func:`step_and_portfolio`): a reward must treat its context as read-only, as the library
+    rewards do.
     """
     new_state, out, _ = _step(arrays, params, reward, state, target, tables)
     return new_state, out
