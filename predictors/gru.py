@@ -191,13 +191,15 @@ class _GRUFunction(torch.autograd.Function):
         b_ih: torch.Tensor,
         b_hh: torch.Tensor,
         grad_steps: int,
+        last_only: bool,
     ) -> torch.Tensor:
         lease = _lease(x.shape[0], x.shape[1], w_hh.shape[1], x)
         _run(lease.workspace, x, h0, w_ih, w_hh, b_ih, b_hh)
         ctx.save_for_backward(x, w_ih, w_hh)
         ctx.lease = lease  # the gates, candidates and states stay for backward
         ctx.grad_steps = grad_steps
-        return lease.workspace.hs.clone()
+        ctx.last_only = last_only
+        return lease.workspace.hs[-1 if last_only else slice(None)].clone()
 
     @staticmethod
     def backward(ctx: Any, grad_hs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
@@ -223,7 +225,11 @@ class _GRUFunction(torch.autograd.Function):
             )
             # dhs[t] accumulates dL/d hs[cut + t]: the output's own gradient plus what flows
             # back through the recurrence.
-            dhs.copy_(grad_hs[cut:])
+            if ctx.last_only:
+                dhs[:-1].zero_()
+                dhs[-1].copy_(grad_hs)
+            else:
+                dhs.copy_(grad_hs[cut:])
             for t in range(steps - 1, -1, -1):
                 fac_t, d_gh_t, d_gh_2d, z_t, dh_3d, dh_t, dh_prev = per_step[t]
                 torch.mul(fac_t, dh_3d, out=d_gh_t)
@@ -249,7 +255,7 @@ class _GRUFunction(torch.autograd.Function):
             db_ih = d_gi.sum(0)
         if need[5]:
             db_hh = d_gh_all.sum(0)
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None
 
 
 def gru_sequence(
@@ -260,6 +266,7 @@ def gru_sequence(
     b_ih: torch.Tensor,
     b_hh: torch.Tensor,
     grad_steps: int = 0,
+    last_only: bool = False,
 ) -> torch.Tensor:
     """Hidden states ``(T + 1, B, H)`` (``[0]`` is ``h0``) of one GRU layer over ``x``.
 
@@ -272,10 +279,12 @@ def gru_sequence(
             ``0 < grad_steps < T`` only the last ``grad_steps`` steps carry gradients; the state
             they start from and every earlier input and output count as constants (the
             gradient of a layer restarted at the cut from a detached state). ``0``: all steps.
+        last_only: return only the final state ``(B, H)`` (a single layer's forecaster reads
+            nothing else; the whole sequence's copy and zero gradient are skipped).
 
     Returns:
-        The states (a fresh tensor); differentiable through the hand-written backward when
-        autograd records.
+        The states (a fresh tensor; ``(B, H)`` with ``last_only``); differentiable through
+        the hand-written backward when autograd records.
     """
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
@@ -283,10 +292,10 @@ def gru_sequence(
     steps = x.shape[0]
     if needs_grad:
         kept = steps if not 0 < grad_steps < steps else int(grad_steps)
-        return _GRUFunction.apply(x, h0, w_ih, w_hh, b_ih, b_hh, kept)
+        return _GRUFunction.apply(x, h0, w_ih, w_hh, b_ih, b_hh, kept, last_only)
     lease = _lease(steps, x.shape[1], w_hh.shape[1], x)
     _run(lease.workspace, x, h0, w_ih, w_hh, b_ih, b_hh)
-    return lease.workspace.hs.clone()
+    return lease.workspace.hs[-1 if last_only else slice(None)].clone()
 
 
 class FastGRU(nn.GRU):

@@ -121,12 +121,15 @@ class RecurrentGaussianNet(nn.Module):
         proj, first = self.input_proj, self.layers[0]
         w_fold = first.weight_ih_l0 @ proj.weight
         b_fold = torch.addmv(first.bias_ih_l0, first.weight_ih_l0, proj.bias)
-        out = gru_sequence(
-            x_tm, None, w_fold, first.weight_hh_l0, b_fold, first.bias_hh_l0, grad_steps
-        )[1:]
         if len(self.layers) == 1:
-            last = proj(x[:, -1]) + self.dropout(out[-1])
+            state = gru_sequence(
+                x_tm, None, w_fold, first.weight_hh_l0, b_fold, first.bias_hh_l0, grad_steps, True
+            )
+            last = proj(x[:, -1]) + self.dropout(state)
         else:
+            out = gru_sequence(
+                x_tm, None, w_fold, first.weight_hh_l0, b_fold, first.bias_hh_l0, grad_steps
+            )[1:]
             h = proj(x_tm) + self.dropout(out)
             for k, rnn in enumerate(self.layers[1:], start=2):
                 out = gru_sequence(

@@ -148,3 +148,28 @@ def test_workspaces_are_not_shared_between_live_graphs():
         ref.zero_grad()
         ref(x)[0].sum().backward()
         torch.testing.assert_close(got, ref.weight_hh_l0.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad_steps", [0, 3])
+def test_last_only_equals_the_last_row_of_the_sequence(grad_steps):
+    gen = torch.Generator().manual_seed(1)
+    steps, batch, n_in, hidden = 6, 3, 2, 4
+    args = [
+        torch.randn(steps, batch, n_in, generator=gen, dtype=torch.float64),
+        torch.randn(batch, hidden, generator=gen, dtype=torch.float64),
+        0.5 * torch.randn(3 * hidden, n_in, generator=gen, dtype=torch.float64),
+        0.5 * torch.randn(3 * hidden, hidden, generator=gen, dtype=torch.float64),
+        torch.randn(3 * hidden, generator=gen, dtype=torch.float64),
+        torch.randn(3 * hidden, generator=gen, dtype=torch.float64),
+    ]
+    args = [a.requires_grad_() for a in args]
+    last = gru_sequence(*args, grad_steps=grad_steps, last_only=True)
+    full = gru_sequence(*args, grad_steps=grad_steps)[-1]
+    torch.testing.assert_close(last, full, rtol=0, atol=0)
+    grad_out = torch.randn(last.shape, generator=gen, dtype=torch.float64)
+    g_last = torch.autograd.grad(last, args, grad_out)
+    g_full = torch.autograd.grad(full, args, grad_out)
+    for got, want in zip(g_last, g_full, strict=True):
+        torch.testing.assert_close(got, want)
+    if grad_steps == 0:
+        assert torch.autograd.gradcheck(lambda *a: gru_sequence(*a, last_only=True), args)
