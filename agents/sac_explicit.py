@@ -588,14 +588,17 @@ def actor_action(
     The same kernels and the same draw from ``generator`` as ``SquashedGaussianActor.forward``,
     without the log-probability; call it under ``torch.no_grad``.
     """
+    # In-place ops on the fresh intermediates: called once per env step, where per-op cost
+    # (allocation, dispatch) is most of the time on a single observation.
     x = obs
     for weight, bias in layers[:-1]:
-        x = F.relu(F.linear(x, weight, bias))
+        x = F.linear(x, weight, bias).relu_()
     head = F.linear(x, *layers[-1])
     action_dim = head.shape[-1] // 2
     mean = head[..., :action_dim]
     if generator is None:
         return torch.tanh(mean)
     noise = torch.randn(mean.shape, generator=generator, device=head.device, dtype=head.dtype)
-    std = head[..., action_dim:].clamp(log_std_min, log_std_max).exp()
-    return torch.tanh(mean + std * noise)
+    std = head[..., action_dim:].clamp_(log_std_min, log_std_max).exp_()
+    # std * noise + mean: the same rounded product and sum as mean + std * noise.
+    return std.mul_(noise).add_(mean).tanh_()
