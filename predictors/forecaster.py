@@ -9,7 +9,8 @@ The online step is built for the bar-by-bar loop (issue 6: under 2 ms per step o
 thread): replayed samples come from a preallocated tensor ring (``predictors.replay``), the
 recurrent encoder back-propagates through the last ``online_bptt`` bars only (truncated BPTT; the
 forward and hence the scored prediction are unchanged), and ``FlatAdam`` clips and steps all
-parameters as one vector (``predictors.online_optim``). ``fit`` is plain full-window training.
+parameters as one vector (``predictors.online_optim``); a GRU stack runs that step through
+``predictors.gru``'s fused kernel. ``fit`` is plain full-window training.
 
 Alignment (see ``predictors.windows``): sample ``t`` reads bars ``(t - W, t]`` and targets
 ``y[t + h]`` for every ``h`` in ``horizons``.

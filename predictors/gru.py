@@ -1,21 +1,25 @@
-"""A one-layer GRU for CPU whose training step costs a few tensor operations per time step.
+"""A one-layer GRU kernel for the CPU whose training step costs a few tensor operations per step.
 
 PyTorch runs ``nn.LSTM`` on CPU through oneDNN's fused RNN kernels (``aten::mkldnn_rnn_layer``
-forward and backward), but ``nn.GRU`` through a per-time-step cell of about twenty small autograd
-operations, each recorded in the graph and replayed in backward. Issue 6's profile of one online
-step (batch 33, 32 bars, hidden 32, one thread): the GRU's forward and backward took 1.7 ms
-against the LSTM's 0.9 ms, which put the GRU forecaster's online step above the 2 ms goal.
+forward and backward; oneDNN's GRU is not wired in), but ``nn.GRU`` through a per-time-step cell
+of about twenty small autograd operations, each recorded in the graph and replayed in backward.
+Issue 6's profile of the online step's recurrent part (batch 33, 24 bars without and 8 with
+autograd, hidden 32, one thread): GRU 1.69 ms against the LSTM's 0.94 ms, which kept the GRU
+forecaster's online step (2.56 ms) above the 2 ms goal.
 
-``FastGRU`` is an ``nn.GRU`` (same parameters, names, shapes, initialisation and r/z/n gate order,
-so state dicts load both ways) whose CPU forward is one ``torch.autograd.Function``:
+``gru_sequence`` is one ``torch.autograd.Function`` over a time-major sequence:
 
-* the input projection of all time steps is one matrix product;
-* the recurrence is six in-place/``out=`` operations per step, writing into preallocated buffers
-  (the gates, the candidate and the hidden states) that backward reads;
+* the input projection of all steps is one matrix product; ``b_hh``'s r and z parts are folded
+  into it, so a step is five operations (``addmm_``, ``sigmoid_``, ``addcmul_``, ``tanh_``,
+  ``lerp``), in place in buffers that backward reads, run in inference mode (no autograd
+  dispatch) and indexed through per-step views made once per shape (``_Workspace``);
 * backward is hand-written (the GRU equations of Cho et al. 2014 in PyTorch's form, below): every
   factor that does not depend on the incoming gradient is computed for all steps at once, so the
-  backward recurrence is three operations per step, and the weight gradients are two matrix
-  products over all steps.
+  backward recurrence is three operations per step, and the weight gradients are matrix products
+  over all steps;
+* ``grad_steps`` truncates back-propagation through time inside the kernel (one forward pass
+  over the window, a backward through its last steps only), which is what the forecaster's
+  online step asks for.
 
 With ``h' = (1 - z) * n + z * h``, ``r = sigmoid(a_r)``, ``z = sigmoid(a_z)``,
 ``n = tanh(gi_n + r * gh_n)``, ``a_{r,z} = gi_{r,z} + gh_{r,z}``, ``gi = W_ih x + b_ih`` and
@@ -27,9 +31,10 @@ With ``h' = (1 - z) * n + z * h``, ``r = sigmoid(a_r)``, ``z = sigmoid(a_z)``,
 * ``dL/d a_r = g * A * gh_n * r * (1 - r)``,
 * ``dL/dh = g * z + [dL/d a_r, dL/d a_z, dL/d gh_n] @ W_hh``.
 
-Elsewhere (CUDA, packed sequences, several layers, bidirectional) it is plain ``nn.GRU``. The
-arithmetic equals ``nn.GRU``'s up to floating-point rounding; the tests check the outputs and the
-gradients against ``nn.GRU`` and against finite differences (``gradcheck``).
+``FastGRU`` is an ``nn.GRU`` (same parameters, names, shapes, initialisation, r/z/n order and
+``forward``, so fit, batched inference and saved models are exactly as before) with
+``forward_fused`` through this kernel. The arithmetic equals ``nn.GRU``'s up to floating-point
+rounding; the tests check outputs and gradients against ``nn.GRU`` and finite differences.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ class _Workspace:
 
     def __init__(self, steps: int, batch: int, hidden: int, like: torch.Tensor) -> None:
         self.shape = (steps, batch, hidden)
-        self.like = like
+        self.like = like.new_empty((0,))  # dtype and device only: the caller's tensor may go
         self.busy = False
         self.pre = like.new_empty((steps, batch, 3 * hidden))
         """Step ``t`` turns ``pre[t]`` from ``[gi_r + b_hr, gi_z + b_hz, b_hn]`` into

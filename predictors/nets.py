@@ -23,7 +23,7 @@ class RecurrentGaussianNet(nn.Module):
         hidden_size: width of the recurrent layers.
         num_layers: recurrent layers; each adds its output to its input (residual skip, He et al.
             2016), so a deeper stack starts close to the shallower one.
-        cell: ``"lstm"`` or ``"gru"``.
+        cell: ``"lstm"`` or ``"gru"`` (``FastGRU``: ``nn.GRU`` plus the online step's kernel).
         dropout: dropout on each layer's output before the residual sum.
         input_skip: feed the last bar's raw features straight to the head as well; a linear path
             makes persistence-like forecasts easy to represent, the recurrent part learns the rest.

@@ -4,7 +4,8 @@ Both are ``GaussianForecaster`` with a recurrent cell: residual skip connections
 from the last bar's inputs to the head, dropout, a Gaussian NLL head (mean and variance), early
 stopping on validation NLL in ``fit``, experience replay and gradient clipping in ``update``, a
 performance monitor in ``stats()``, device ``auto``. The GRU has fewer parameters (3 gates instead
-of 4, Cho et al. 2014) and is a little faster per online step.
+of 4, Cho et al. 2014); PyTorch has no fused CPU kernel for it, so its online step runs
+``predictors.gru``'s (fit and inference keep ``nn.GRU``'s).
 """
 
 from __future__ import annotations
