@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 class _Workspace:
@@ -67,6 +68,8 @@ class _Workspace:
         self.hs = like.new_empty((steps + 1, batch, hidden))
         """``hs[0] = h0``, ``hs[t + 1]`` the state after step ``t``."""
         h, pre = hidden, self.pre
+        self.pre_2d = pre.view(steps * batch, 3 * h)
+        self.pre_rz, self.pre_n, self.h0 = pre[..., : 2 * h], pre[..., 2 * h :], self.hs[0]
         self.steps = list(
             zip(
                 pre.unbind(0),
@@ -80,33 +83,49 @@ class _Workspace:
                 strict=True,
             )
         )
-        self._backward: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]] = {}
+        self._backward: dict[int, _Backward] = {}
 
-    def backward_buffers(
-        self, grad_steps: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, ...]]]:
-        """``factors (k, B, 3, H)``, ``d_gh`` (same), ``dhs (k + 1, B, H)`` and per-step views
-        for a backward through the last ``k = grad_steps`` steps."""
+    def backward_buffers(self, grad_steps: int) -> _Backward:
+        """Buffers and views for a backward through the last ``grad_steps`` steps."""
         if grad_steps not in self._backward:
-            steps, batch, h = self.shape
-            k, cut = grad_steps, steps - grad_steps
-            factors = self.like.new_empty((k, batch, 3, h))
-            d_gh = torch.empty_like(factors)
-            dhs = self.like.new_empty((k + 1, batch, h))
-            views = list(
-                zip(
-                    factors.unbind(0),
-                    d_gh.unbind(0),
-                    d_gh.view(k, batch, 3 * h).unbind(0),
-                    self.pre[cut:, :, h : 2 * h].unbind(0),
-                    dhs[1:].unsqueeze(2).unbind(0),
-                    dhs[1:].unbind(0),
-                    dhs[:-1].unbind(0),
-                    strict=True,
-                )
-            )
-            self._backward[grad_steps] = (factors, d_gh, dhs, views)
+            self._backward[grad_steps] = _Backward(self, grad_steps)
         return self._backward[grad_steps]
+
+
+class _Backward:
+    """A workspace's backward buffers for ``k`` steps after the cut, and views of them and of
+    the forward's buffers (made once, like the forward's)."""
+
+    def __init__(self, ws: _Workspace, k: int) -> None:
+        steps, batch, h = ws.shape
+        cut = steps - k
+        gates = ws.pre[cut:]
+        self.r, self.z, self.gh_n = gates[..., :h], gates[..., h : 2 * h], gates[..., 2 * h :]
+        self.n, self.h_prev = ws.n[cut:], ws.hs[cut:-1]
+        self.h_prev_2d = self.h_prev.reshape(k * batch, h)
+        self.factors = ws.like.new_empty((k, batch, 3, h))
+        """Rows r, z, n of ``d(a_r, a_z, gh_n) / dh'`` per step (module docstring: E, D, C)."""
+        self.e, self.d, self.c = self.factors.unbind(2)
+        self.d_gh = torch.empty_like(self.factors)
+        self.d_gh_2d = self.d_gh.view(k * batch, 3 * h)
+        self.d_gi_2d = ws.like.new_empty((k * batch, 3 * h))
+        self.d_gi_rz, self.d_gh_rz = self.d_gi_2d[:, : 2 * h], self.d_gh_2d[:, : 2 * h]
+        self.d_gi_n = self.d_gi_2d[:, 2 * h :].view(k, batch, h)
+        self.dhs = ws.like.new_empty((k + 1, batch, h))
+        """``dhs[t]``: ``dL/d hs[cut + t]``."""
+        self.dhs_after = self.dhs[1:]
+        self.steps = list(
+            zip(
+                self.factors.unbind(0),
+                self.d_gh.unbind(0),
+                self.d_gh.view(k, batch, 3 * h).unbind(0),
+                self.z.unbind(0),
+                self.dhs[1:].unsqueeze(2).unbind(0),
+                self.dhs[1:].unbind(0),
+                self.dhs[:-1].unbind(0),
+                strict=True,
+            )
+        )
 
 
 class _Lease:
@@ -162,18 +181,16 @@ def _run(
         # Inference mode drops the autograd and view-tracking dispatch from every operation
         # (about a tenth of the loop's cost); the buffers are ordinary tensors written in
         # place, which inference mode allows.
-        pre = ws.pre
-        flat = pre.view(steps * batch, -1)
-        torch.addmm(b_ih, x.reshape(steps * batch, -1), w_ih.t(), out=flat)
-        ws.n.copy_(pre[..., 2 * hidden :])
+        torch.addmm(b_ih, x.reshape(steps * batch, -1), w_ih.t(), out=ws.pre_2d)
+        ws.n.copy_(ws.pre_n)
         # b_hh's r and z parts are added here once for all steps, which saves an addition per
         # step; its n part is where the step's addmm_ adds h W_hn^T.
-        pre[..., : 2 * hidden] += b_hh[: 2 * hidden]
-        pre[..., 2 * hidden :] = b_hh[2 * hidden :]
+        ws.pre_rz.add_(b_hh[: 2 * hidden])
+        ws.pre_n.copy_(b_hh[2 * hidden :])
         if h0 is None:
-            ws.hs[0].zero_()
+            ws.h0.zero_()
         else:
-            ws.hs[0].copy_(h0)
+            ws.h0.copy_(h0)
         w_hh_t = w_hh.t()
         for pre_t, rz_t, r_t, z_t, gh_n_t, n_t, h_t, h_next in ws.steps:
             pre_t.addmm_(h_t, w_hh_t)  # [a_r, a_z, gh_n]
@@ -207,44 +224,43 @@ class _GRUFunction(torch.autograd.Function):
         return lease.workspace.hs[-1 if last_only else slice(None)].clone()
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx: Any, grad_hs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         x, w_ih, w_hh = ctx.saved_tensors
         ws: _Workspace = ctx.lease.workspace
-        total, batch, hidden = ws.shape
+        total, batch, _ = ws.shape
         # Steps [cut, total) carry gradients; hs[cut] (the state they start from) and everything
         # before it count as constants (truncated BPTT; cut = 0: the whole sequence, with h0).
         steps = ctx.grad_steps
         cut = total - steps
-        factors, d_gh, dhs, per_step = ws.backward_buffers(steps)
-        gates, n, h_prev = ws.pre[cut:], ws.n[cut:], ws.hs[cut:-1]
-        r, z, gh_n = gates[..., :hidden], gates[..., hidden : 2 * hidden], gates[..., 2 * hidden :]
+        b = ws.backward_buffers(steps)
+        r, z, n = b.r, b.z, b.n
         with torch.inference_mode():  # as in _run: in place on ordinary tensors
             # Factors of the incoming gradient that do not depend on it, for all steps at once
-            # (module docstring): the rows r, z, n of d(a_r, a_z, gh_n)/dh' are [E, D, C];
-            # gi_n's is A.
-            a = (1 - z) * (1 - n * n)
-            torch.cat(
-                [a * gh_n * r * (1 - r), (h_prev - n) * z * (1 - z), a * r],
-                dim=-1,
-                out=factors.view(steps, batch, 3 * hidden),
-            )
-            # dhs[t] accumulates dL/d hs[cut + t]: the output's own gradient plus what flows
-            # back through the recurrence.
+            # (module docstring): E = A gh_n r (1 - r), D = (h - n) z (1 - z), C = A r, with
+            # A = (1 - z) (1 - n^2) the factor of gi_n.
+            one_minus_z = 1 - z
+            a = one_minus_z * (1 - n * n)
+            torch.mul(a, r, out=b.c)
+            torch.mul(b.c, b.gh_n, out=b.e).mul_(1 - r)
+            torch.sub(b.h_prev, n, out=b.d).mul_(z).mul_(one_minus_z)
+            dhs = b.dhs
             if ctx.last_only:
                 dhs[:-1].zero_()
                 dhs[-1].copy_(grad_hs)
             else:
                 dhs.copy_(grad_hs[cut:])
+            per_step = b.steps
             for t in range(steps - 1, -1, -1):
                 fac_t, d_gh_t, d_gh_2d, z_t, dh_3d, dh_t, dh_prev = per_step[t]
                 torch.mul(fac_t, dh_3d, out=d_gh_t)
                 if t > 0 or cut == 0:  # the gradient of hs[cut] is only wanted as dL/dh0
                     dh_prev.addcmul_(dh_t, z_t).addmm_(d_gh_2d, w_hh)
-            d_gi_n = (a * dhs[1:]).view(steps * batch, hidden)
-        # What leaves the workspace is fresh tensors made outside inference mode.
-        d_gh_all = d_gh.view(steps * batch, 3 * hidden)
-        d_gi = d_gh_all.clone()
-        d_gi[:, 2 * hidden :] = d_gi_n
+            # d(gi) is d(a_r, a_z) and, for the n block, A g (d(gh_n) is A r g).
+            b.d_gi_rz.copy_(b.d_gh_rz)
+            torch.mul(a, b.dhs_after, out=b.d_gi_n)
+        # Gradients leave as fresh tensors made outside inference mode (products, sums).
+        d_gi, d_gh_all = b.d_gi_2d, b.d_gh_2d
         need = ctx.needs_input_grad
         dx = dh0 = dw_ih = dw_hh = db_ih = db_hh = None
         if need[0]:
@@ -255,7 +271,7 @@ class _GRUFunction(torch.autograd.Function):
         if need[2]:
             dw_ih = d_gi.t() @ x[cut:].reshape(steps * batch, -1)
         if need[3]:
-            dw_hh = d_gh_all.t() @ h_prev.reshape(steps * batch, hidden)
+            dw_hh = d_gh_all.t() @ b.h_prev_2d
         if need[4]:
             db_ih = d_gi.sum(0)
         if need[5]:

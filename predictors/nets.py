@@ -54,6 +54,9 @@ class RecurrentGaussianNet(nn.Module):
         self.head = nn.Linear(head_in, 2 * n_outputs)
         self.min_var = float(min_var)
         self.n_outputs = int(n_outputs)
+        self.fused_online = True
+        """Run truncated (online-step) encodes of a GRU stack on the CPU through
+        ``predictors.gru``'s kernel; False: through ``nn.GRU`` (for comparisons; not saved)."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(mean, var)``, each ``(B, n_outputs)``, for windows ``x`` of ``(B, W, F)``."""
@@ -86,7 +89,7 @@ class RecurrentGaussianNet(nn.Module):
                 for rnn in self.layers:
                     out, state = rnn(h)
                     states.append(state)
-                    h = h + self.dropout(out)
+                    h = h + self._drop(out)
             h = self.input_proj(x[:, cut:])
             for rnn, state in zip(self.layers, states, strict=True):
                 # LSTM states are (h, c) pairs, GRU states one tensor.
@@ -94,12 +97,12 @@ class RecurrentGaussianNet(nn.Module):
                     tuple(s.clone() for s in state) if isinstance(state, tuple) else state.clone()
                 )
                 out, _ = rnn(h, carried)
-                h = h + self.dropout(out)
+                h = h + self._drop(out)
         else:
             h = self.input_proj(x)
             for rnn in self.layers:
                 out, _ = rnn(h)
-                h = h + self.dropout(out)
+                h = h + self._drop(out)
         last = h[:, -1]
         if self.input_skip:
             last = torch.cat([last, x[:, -1]], dim=-1)
@@ -125,12 +128,12 @@ class RecurrentGaussianNet(nn.Module):
             state = gru_sequence(
                 x_tm, None, w_fold, first.weight_hh_l0, b_fold, first.bias_hh_l0, grad_steps, True
             )
-            last = proj(x[:, -1]) + self.dropout(state)
+            last = proj(x[:, -1]) + self._drop(state)
         else:
             out = gru_sequence(
                 x_tm, None, w_fold, first.weight_hh_l0, b_fold, first.bias_hh_l0, grad_steps
             )[1:]
-            h = proj(x_tm) + self.dropout(out)
+            h = proj(x_tm) + self._drop(out)
             for k, rnn in enumerate(self.layers[1:], start=2):
                 out = gru_sequence(
                     h,
@@ -142,15 +145,22 @@ class RecurrentGaussianNet(nn.Module):
                     grad_steps,
                 )[1:]
                 if k < len(self.layers):
-                    h = h + self.dropout(out)
-            last = h[-1] + self.dropout(out[-1])
+                    h = h + self._drop(out)
+            last = h[-1] + self._drop(out[-1])
         if self.input_skip:
             last = torch.cat([last, x[:, -1]], dim=-1)
         return last
 
+    def _drop(self, h: torch.Tensor) -> torch.Tensor:
+        # Dropout with p = 0 is the identity; skipping the module call saves a few microseconds
+        # of the online step (issue 6).
+        return self.dropout(h) if self.dropout.p > 0 else h
+
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether every recurrent layer can run FastGRU's kernel on ``x``'s device."""
-        return all(isinstance(rnn, FastGRU) and rnn.fusable(x) for rnn in self.layers)
+        return self.fused_online and all(
+            isinstance(rnn, FastGRU) and rnn.fusable(x) for rnn in self.layers
+        )
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian head: mean and variance (softplus plus floor) from ``encode``'s output."""
