@@ -16,7 +16,8 @@ series with known structure (``predictors.toy_series``):
   against full-window BPTT (``online_bptt=0``, the step before issue 6's speed-up but with the
   same flat optimiser): CPU ms per ``update`` of one sample, and a bar-by-bar walk-forward
   (``update_every=1``) over the first 1,500 test bars: MSE / persistence and 90% coverage of the
-  predictions made while learning online.
+  predictions made while learning online;
+* for the GRU, the same step through ``nn.GRU`` instead of ``predictors.gru``'s fused kernel.
 
 Then the gas predictor per horizon on the EIP-1559 scenario generator (``envs.data.defi``):
 model, a mean-reversion baseline and a linear model on the same features, each against
@@ -146,11 +147,19 @@ def online_quality(
     return ratios, float(np.mean(coverage)), cpu_ms
 
 
-def step_cost(model: Predictor, feats: np.ndarray, targs: np.ndarray, **config) -> tuple:
-    """Median wall and mean CPU seconds of bar-by-bar ``update`` steps of a copy of ``model``."""
+def step_cost(
+    model: Predictor, feats: np.ndarray, targs: np.ndarray, fused: bool = True, **config
+) -> tuple:
+    """Median wall and mean CPU seconds of bar-by-bar ``update`` steps of a copy of ``model``.
+
+    ``fused=False``: a GRU stack's step runs through ``nn.GRU`` instead of ``predictors.gru``'s
+    kernel (``RecurrentGaussianNet.fused_online``), for comparison.
+    """
     online = copy.deepcopy(model)
     online.config = dataclasses.replace(online.config, **config)
     online._online_opt = None
+    if hasattr(online.net, "fused_online"):
+        online.net.fused_online = fused
     s = np.arange(FIT_BARS, FIT_BARS + 400)
     it = iter([online.samples(feats, targs, s[i : i + 1]) for i in range(len(s))])
     for _ in range(20):  # warm-up (optimiser state, allocator)
@@ -178,6 +187,9 @@ def bench_model(name: str, make: Callable[[], Predictor], data: DataFn, bars: in
     # back-propagation through the whole window (online_bptt=0, the pre-truncation step).
     head_med, _, head_cpu = step_cost(model, feats, targs, online_scope="head")
     _, _, full_cpu = step_cost(model, feats, targs, online_bptt=0)
+    # GRU: the same step through nn.GRU's per-step cell (before predictors.gru's kernel).
+    is_gru = getattr(model.config, "cell", "") == "gru"
+    nn_gru_cpu = step_cost(model, feats, targs, fused=False)[2] if is_gru else None
     walk = online_quality(model, feats, targs, FIT_BARS, ONLINE_BARS)
     full_model = copy.deepcopy(model)
     full_model.config = dataclasses.replace(full_model.config, online_bptt=0)
@@ -206,6 +218,7 @@ def bench_model(name: str, make: Callable[[], Predictor], data: DataFn, bars: in
         "chunk32_ms_per_bar": 1e3 * chunk_med / 32,
         "head_step_ms_median": 1e3 * head_med,
         "full_cpu_ms": 1e3 * full_cpu,
+        "nn_gru_cpu_ms": None if nn_gru_cpu is None else 1e3 * nn_gru_cpu,
         "walk": walk,
         "walk_full": walk_full,
         "infer_bars_per_s": len(rows_big) / infer_s,
@@ -370,6 +383,14 @@ def main() -> None:
             print(
                 f"  {r['name']:<19}{label:<10} step cpu {cpu:5.2f} ms | walk {w_ms:5.2f} ms/bar, "
                 f"cov90 {w_cov:.3f}, MSE / persistence: {cells}",
+                flush=True,
+            )
+    for r in results:
+        if r["nn_gru_cpu_ms"] is not None:
+            print(
+                f"  {r['name']:<19}bptt {COMMON_BPTT}, step through nn.GRU instead of the fused "
+                f"kernel (predictors.gru): step cpu {r['nn_gru_cpu_ms']:5.2f} ms "
+                f"(fused: {r['step_cpu_ms']:5.2f} ms)",
                 flush=True,
             )
     bench_gas_horizons()
