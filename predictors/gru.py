@@ -145,9 +145,16 @@ _POOL: dict[tuple[Any, ...], list[_Workspace]] = {}
 _POOL_LOCK = threading.Lock()
 _PER_SHAPE = 4  # workspaces kept per shape (more concurrent graphs get one-off buffers)
 _SHAPES = 16  # shapes kept, least recently used dropped first
+_MAX_POOLED = (
+    1 << 22
+)  # numbers per buffer above which a workspace is one-off (memory stays bounded)
 
 
 def _lease(steps: int, batch: int, hidden: int, like: torch.Tensor) -> _Lease:
+    if steps * batch * 3 * hidden > _MAX_POOLED:  # large batches: views are cheap by comparison
+        ws = _Workspace(steps, batch, hidden, like)
+        ws.busy = True
+        return _Lease(ws)
     key = (steps, batch, hidden, like.dtype, like.device)
     with _POOL_LOCK:
         spaces = _POOL.pop(key, [])

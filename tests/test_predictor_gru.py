@@ -174,3 +174,16 @@ def test_last_only_equals_the_last_row_of_the_sequence(grad_steps):
         torch.testing.assert_close(got, want)
     if grad_steps == 0:
         assert torch.autograd.gradcheck(lambda *a: gru_sequence(*a, last_only=True), args)
+
+
+def test_workspace_pool_stays_bounded(monkeypatch):
+    from predictors import gru
+
+    monkeypatch.setattr(gru, "_POOL", {})
+    w = [torch.randn(6, 2), torch.randn(6, 2), torch.randn(6), torch.randn(6)]  # H = 2
+    for batch in range(1, gru._SHAPES + 5):  # more shapes than kept
+        gru_sequence(torch.randn(3, batch, 2), None, *w)
+    assert len(gru._POOL) == gru._SHAPES
+    monkeypatch.setattr(gru, "_MAX_POOLED", 10)  # too large to keep: one-off buffers
+    gru_sequence(torch.randn(3, 100, 2), None, *w)
+    assert all(key[1] != 100 for key in gru._POOL)
