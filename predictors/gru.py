@@ -145,9 +145,8 @@ _POOL: dict[tuple[Any, ...], list[_Workspace]] = {}
 _POOL_LOCK = threading.Lock()
 _PER_SHAPE = 4  # workspaces kept per shape (more concurrent graphs get one-off buffers)
 _SHAPES = 16  # shapes kept, least recently used dropped first
-_MAX_POOLED = (
-    1 << 22
-)  # numbers per buffer above which a workspace is one-off (memory stays bounded)
+# Numbers per buffer above which a workspace is one-off, so the pool's memory stays bounded.
+_MAX_POOLED = 1 << 22
 
 
 def _lease(steps: int, batch: int, hidden: int, like: torch.Tensor) -> _Lease:
