@@ -206,6 +206,18 @@ _ADAM_DEFAULTS = {
 }
 
 
+_GLOBAL_STEP_HOOKS = (
+    None
+    if not hasattr(torch, "_fused_adam_")
+    or not hasattr(_torch_optimizer, "_global_optimizer_pre_hooks")
+    or not hasattr(_torch_optimizer, "_global_optimizer_post_hooks")
+    else (
+        _torch_optimizer._global_optimizer_pre_hooks,
+        _torch_optimizer._global_optimizer_post_hooks,
+    )
+)
+
+
 class FusedAdamStep:
     """``torch.optim.Adam(fused=True).step()`` for given parameters, as one direct kernel call.
 
@@ -266,16 +278,21 @@ class FusedAdamStep:
 
     def _current_key(self) -> tuple[object, ...] | None:
         """Identity of the optimisers' state and settings; None when the shortcut cannot apply."""
-        hooks = _torch_optimizer
-        if hooks._global_optimizer_pre_hooks or hooks._global_optimizer_post_hooks:
+        # Hook registries are private torch attributes: a torch without them (None here) is
+        # one whose step this class was not checked against, so it falls back.
+        if _GLOBAL_STEP_HOOKS is None or any(_GLOBAL_STEP_HOOKS):
             return None
         key: list[object] = []
         for opt, _, _ in self.entries:
+            pre = getattr(opt, "_optimizer_step_pre_hooks", None)
+            post = getattr(opt, "_optimizer_step_post_hooks", None)
             if (
                 type(opt) is not torch.optim.Adam
                 or len(opt.param_groups) != 1
-                or opt._optimizer_step_pre_hooks
-                or opt._optimizer_step_post_hooks
+                or pre is None
+                or post is None
+                or pre
+                or post
                 or getattr(opt, "grad_scale", None) is not None
                 or getattr(opt, "found_inf", None) is not None
             ):

@@ -235,7 +235,11 @@ def test_fused_adam_step_is_optimizer_step_bit_for_bit(tmp_path: Path) -> None:
                 torch.save([o.state_dict() for o in opts], tmp_path / f"{name}.pt")
                 for o, sd in zip(opts, torch.load(tmp_path / f"{name}.pt"), strict=True):
                     o.load_state_dict(sd)
-        hook = fast_opts[0].register_step_post_hook(lambda *_: None) if i == 6 else None
+        hook = None
+        if i == 6:
+            hook = fast_opts[0].register_step_post_hook(lambda *_: None)
+        if i == 7:
+            hook = torch.optim.optimizer.register_optimizer_step_post_hook(lambda *_: None)
         with torch.no_grad():
             step.step()
         for opt in ref_opts:
