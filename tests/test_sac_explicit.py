@@ -12,6 +12,7 @@ import pytest
 import torch
 from gymnasium import spaces
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from agents.replay import ReplayBatch
 from agents.sac import SAC, SACConfig
@@ -239,7 +240,7 @@ def test_fused_adam_step_is_optimizer_step_bit_for_bit(tmp_path: Path) -> None:
         if i == 6:
             hook = fast_opts[0].register_step_post_hook(lambda *_: None)
         if i == 7:
-            hook = torch.optim.optimizer.register_optimizer_step_post_hook(lambda *_: None)
+            hook = register_optimizer_step_post_hook(lambda *_: None)
         with torch.no_grad():
             step.step()
         for opt in ref_opts:
