@@ -17,7 +17,13 @@ checkpoints, ``state_dict`` s and the algorithm stay those of ``agents/sac.py``:
   ``obs``, then for ``next_obs``), so one step matches the autograd step to float rounding
   (``tests/test_sac_explicit.py``);
 * the actor's two forward passes (``obs`` with gradients, ``next_obs`` without) run as one
-  forward on the stacked batch: the same multiply-adds in one matmul per layer.
+  forward on the stacked batch: the same multiply-adds in one matmul per layer;
+* the actor's loss reads ``min_k Q_k``, so each row's gradient flows through one critic (two on
+  a tie): on the CPU each critic's backward runs on its own rows only (for twin critics half
+  of that 256x256 matmul), with the bits of the all-rows batched matmul;
+* the Adam steps call ``torch._fused_adam_`` directly (:class:`FusedAdamStep`) on the
+  optimisers' own state, ``log_alpha``'s step shares the actor's call, and the logged
+  statistics are computed when read (:meth:`ExplicitSACUpdate.stats`).
 
 Derivatives used (``u = mu + sigma * eps``, ``a = tanh(u)``, ``sigma = exp(clamp(s))``):
 ``d log pi / du = 2 a`` (the derivative of ``-log(1 - tanh(u)^2)``, Haarnoja et al. 2018,
