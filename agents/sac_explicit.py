@@ -304,10 +304,11 @@ class FusedAdamStep:
             ):
                 return None
             group = opt.param_groups[0]
-            # The group dict and state dict are replaced by load_state_dict; their settings
-            # may be edited in place (a learning-rate schedule), so those are part of the key.
-            key += [id(group), id(opt.state), group["lr"], group["betas"], group["eps"]]
-            key += [group[name] for name in _ADAM_DEFAULTS]
+            # The group dict and state dict are replaced by load_state_dict; the group's
+            # settings may be edited in place (a learning-rate schedule): all are in the key.
+            params = group["params"]
+            key += [id(group), id(opt.state), id(params), len(params)]
+            key += [value for name, value in group.items() if name != "params"]
         return tuple(key)
 
     def _build(self, key: tuple[object, ...]) -> bool:
