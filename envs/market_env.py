@@ -523,13 +523,17 @@ class MarketTradingEnv(gym.Env):
         state = self._scalar
         if state is None or self._done:
             raise RuntimeError("MarketTradingEnv.step called before reset() or after episode end")
-        target = self._map_action(action)
+        # Callables kept on the instance are read into locals before the call: CPython 3.11
+        # specialises an attribute load, but not a method-style call of an instance attribute.
+        map_action = self._map_action
+        target = map_action(action)
         if target is None:  # anything unusual goes through the validating NumPy mapping
             target = self.setup.map_actions(action, 1)[0].tolist()
         draws = self.render_mode == "rgb_array"
         if draws:
             prev_units = state.units[0]
-        reward, terminated, truncated, step_cost, block, exposure = self._core_step(state, target)
+        core_step = self._core_step
+        reward, terminated, truncated, step_cost, block, exposure = core_step(state, target)
         self._equity.append(state.value)
         if draws:
             moved = state.units[0] - prev_units
@@ -544,7 +548,8 @@ class MarketTradingEnv(gym.Env):
                 self.setup.arrays.bars_per_year,
                 turnover=state.traded_notional / self.setup.params.initial_cash,
             )
-        return self._observe(state.t, block), reward, terminated, truncated, info
+        observe = self._observe
+        return observe(state.t, block), reward, terminated, truncated, info
 
     def render(self) -> str | np.ndarray | None:
         """``ansi``: one text line per call; ``rgb_array``: price with fills and equity curve."""

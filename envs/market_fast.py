@@ -742,6 +742,8 @@ class ScalarActions:
         """The bound mapping equal to :meth:`map` for this mode (callers in a loop keep it)."""
         if self.enabled and self.mode == "discrete":
             return self._map_discrete
+        if self.enabled and self.mode == "continuous" and self.shape == (1,):
+            return self._map_continuous_one
         return self.map
 
     def _map_discrete(self, action: Any) -> list[float] | None:
@@ -751,6 +753,20 @@ class ScalarActions:
             p = self._by_index.get(action)
             if p is not None:
                 return [p]
+        return self.map(action)
+
+    def _map_continuous_one(self, action: Any) -> list[float] | None:
+        """:meth:`map` in continuous mode with one asset: the same operations, no loops."""
+        if type(action) is np.ndarray and action.shape == (1,) and action.dtype.kind == "f":
+            v = action.tolist()[0]
+            if _isfinite(v):
+                low = self.low
+                lev = self.leverage
+                x = (low if v < low else (1.0 if v > 1.0 else v)) * lev
+                gross = -0.0 + abs(x)
+                if gross > lev:  # _cap_gross: scale the book down to max_leverage
+                    x = x * (lev / (1e-300 if gross < 1e-300 else gross))
+                return [x]
         return self.map(action)
 
     def map(self, action: Any) -> list[float] | None:
