@@ -597,6 +597,8 @@ class ExplicitSACUpdate:
         rows = [torch.nonzero(member).view(-1) for member in is_min]
         if any(idx.numel() < 16 for idx in rows):
             return None
+        if not bool(is_min.any(0).all()):
+            return None  # a row without a minimum (NaN Q-values): the all-rows path keeps NaN
         return rows
 
 

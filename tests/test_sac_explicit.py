@@ -305,3 +305,12 @@ def test_per_member_critic_backward_equals_the_all_rows_path() -> None:
         update._member_rows = lambda _: None  # force the all-rows path
         all_rows = update._ensemble_input_backward(hidden, grad_out, is_min)
     assert torch.equal(per_member, all_rows)
+
+
+def test_per_member_critic_backward_leaves_nan_rows_to_the_all_rows_path() -> None:
+    agent = SAC(OBS_SPACE, ACT_SPACE, SACConfig(net_arch=[64, 64], seed=2))
+    is_min = torch.zeros((2, 256), dtype=torch.bool)
+    is_min[0, :128], is_min[1, 128:255] = True, True  # row 255: no minimum (NaN Q-values)
+    assert agent._explicit._member_rows(is_min) is None
+    is_min[1, 255] = True
+    assert agent._explicit._member_rows(is_min) is not None
