@@ -339,9 +339,9 @@ class StepTables(NamedTuple):
         bars: ``(5, T, N)`` float64: at fill bar ``s``, ``bars[:, s]`` holds the open, the
             close, ``impact_k * sigma[s - 1]``, ``volume[s - 1]`` and (in column 0) the
             benchmark log return into ``s``. Bar 0 is never read (fills happen at ``s >= 1``).
-            One ``take`` along axis 1 gives five C-contiguous ``(B, N)`` arrays (arithmetic
-            on contiguous operands is ~1 us cheaper per call at ``B = 1024`` than on the
-            strided columns of a ``(T, 5N)`` layout).
+            One ``take`` along axis 1 gives five C-contiguous ``(B, N)`` arrays (in isolation,
+            arithmetic on them cost 0.5-1 us less per call at ``B = 1024`` than on the strided
+            columns of a ``(T, 5N)`` layout; within the step the difference was in the noise).
     """
 
     bars: np.ndarray
