@@ -88,6 +88,13 @@ class MarketTradingVectorEnv(VectorEnv):
         self._env_slots = np.arange(self.num_envs)
         self._everyone = np.ones(self.num_envs, dtype=bool)
         self._tables = step_tables(self.setup.arrays, self.setup.params)
+        # Discrete fast path of MarketSetup.map_actions (see _targets).
+        self._discrete_targets = None
+        if self.setup.action_mode == "discrete":
+            targets = self.setup.positions
+            if not self.setup.params.execution.allow_short:
+                targets = np.maximum(targets, 0.0)  # as discrete_to_target (elementwise)
+            self._discrete_targets = np.ascontiguousarray(targets, dtype=np.float64)[:, None]
         # Equals build_batch(observe(...)) but gathers each market window as one contiguous run
         # into the output (the per-bar gather of observe was most of the step's time).
         self._assemble = self.setup.builder.batch_assembler(
@@ -157,7 +164,7 @@ class MarketTradingVectorEnv(VectorEnv):
         if any_reset:
             # Their actions are ignored (NEXT_STEP autoreset): substitute a valid no-op.
             actions = self._neutralise(actions, resetting)
-        targets = setup.map_actions(actions, self.num_envs)
+        targets = self._targets(actions)
         state, out, block, exposure = step_and_portfolio(
             setup.arrays, setup.params, setup.reward, self._state, targets, self._tables
         )
@@ -214,6 +221,26 @@ class MarketTradingVectorEnv(VectorEnv):
         else:
             ends[rows] = starts[rows] + setup.episode_length
         return starts, ends
+
+    def _targets(self, actions: Any) -> np.ndarray:
+        """``setup.map_actions(actions, num_envs)``, with a fast path for int64 index arrays.
+
+        A ``(num_envs,)`` int64 array of indices all in ``[0, K)`` (what policies send) maps by
+        one ``take`` of the precomputed target column: the values ``discrete_to_target`` gives
+        (~2 us instead of ~10 us at 1024 envs). Anything else, including every action the
+        reference rejects, goes through ``map_actions`` (same errors).
+        """
+        table = self._discrete_targets
+        if (
+            table is not None
+            and type(actions) is np.ndarray
+            and actions.dtype == np.int64
+            and actions.shape == (self.num_envs,)
+            # Seen as unsigned, a negative index is huge: one comparison checks both ends.
+            and np.count_nonzero(actions.view(np.uint64) >= table.shape[0]) == 0
+        ):
+            return table.take(actions, axis=0)
+        return self.setup.map_actions(actions, self.num_envs)
 
     def _neutralise(self, actions: Any, mask: np.ndarray) -> np.ndarray:
         arr = np.array(actions, copy=True)

@@ -226,6 +226,28 @@ def test_batch_assembler_clips_like_build_batch(flatten: bool, window_first: boo
     np.testing.assert_equal(pickle.loads(pickle.dumps(assemble))(t, given), want)
 
 
+@pytest.mark.parametrize("allow_short", [True, False])
+def test_discrete_fast_path_equals_map_actions(allow_short: bool) -> None:
+    """int64 index arrays map by one take; other dtypes and bad indices use map_actions."""
+    venv = MarketTradingVectorEnv(
+        6,
+        dataset=gbm_dataset(),
+        features=FEATURES,
+        window=6,
+        positions=(-1.0, -0.5, 0.0, 0.5, 1.0),
+        allow_short=allow_short,
+    )
+    actions = np.array([0, 1, 2, 3, 4, 0])
+    want = venv.setup.map_actions(actions, 6)
+    for given in (actions, actions.astype(np.int32), actions.tolist(), actions.astype(float)):
+        got = venv._targets(given)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    for bad in (np.array([0, 1, 2, 3, 4, 5]), np.array([0, 1, 2, 3, 4, -1]), actions[:5]):
+        with pytest.raises(ActionError):
+            venv._targets(bad)
+
+
 def test_portfolio_block_and_exposure_match_reference() -> None:
     """The block written in place equals concatenate + clip; exposures equal info['position']."""
     venv = MarketTradingVectorEnv(
