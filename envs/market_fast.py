@@ -360,8 +360,10 @@ class ScalarCore:
         cash = state.cash - q * p - trade_cost
         nu = u + q
 
-        old_sign = (u > 0.0) - (u < 0.0)
-        new_sign = (nu > 0.0) - (nu < 0.0)
+        # Signs as (x > 0) - (x < 0) (a NaN has sign 0), written as branches: CPython 3.11
+        # specialises a float comparison that feeds a jump, not one whose bool is kept.
+        old_sign = 1 if u > 0.0 else (-1 if u < 0.0 else 0)
+        new_sign = 1 if nu > 0.0 else (-1 if nu < 0.0 else 0)
         if new_sign == 0:
             entry = 0.0
         elif new_sign != old_sign:
@@ -410,7 +412,8 @@ class ScalarCore:
         state.spread += spread
         state.impact += impact
         state.funding += funding
-        state.trades += q != 0.0
+        if q != 0.0:
+            state.trades += 1
         state.traded_notional += notional
 
         # portfolio_block at the new bar (value floored away from 0 as there).
@@ -422,12 +425,16 @@ class ScalarCore:
         block = [exposure, cash_share, upnl, tit / (tit + window), last]
         lim = PORTFOLIO_CLIP  # time in trade is in [0, 1); the rest may leave the bounds
         neg = -lim
-        if not (
-            neg <= exposure <= lim
-            and neg <= cash_share <= lim
-            and neg <= upnl <= lim
-            and neg <= last <= lim
-        ):  # near ruin only (a NaN also lands here, and the clip keeps it as np.clip does)
+        if (
+            exposure < neg
+            or exposure > lim
+            or cash_share < neg
+            or cash_share > lim
+            or upnl < neg
+            or upnl > lim
+            or last < neg
+            or last > lim
+        ):  # near ruin only (a NaN is kept, as np.clip does, so it needs no clip)
             block = [neg if x < neg else (lim if x > lim else x) for x in block]
         return reward, terminated, truncated, cost, block, [exposure]
 
