@@ -61,11 +61,12 @@ MAX_FAST_ASSETS = 7
 # Same floor as envs.market_core._RUIN_RATIO_FLOOR (log of a ruined book's value ratio).
 _RUIN_RATIO_FLOOR = 1e-8
 
-# Module-level names for the per-step calls of the scalar step: a global lookup instead of a
-# global plus an attribute lookup.
+# Module-level names for the per-step calls of the scalar step and action map: a global
+# lookup instead of a global plus an attribute lookup.
 _isfinite = math.isfinite
 _sqrt = math.sqrt
 _np_log = np.log
+_INT64 = np.int64
 
 _LOG, _DSR, _SORTINO, _DRAWDOWN, _TURNOVER, _EXCESS, _GENERIC = range(7)
 _REWARD_KINDS: dict[type, int] = {
@@ -340,12 +341,12 @@ class ScalarCore:
                 q = -u
             else:
                 q = executed * value_col / p - u
-                if lot > 0:
+                if lot > 0.0:
                     q = _trunc(q / lot) * lot
                 keep = True
-                if band > 0:
+                if band > 0.0:
                     keep = abs(executed - u * p / value_col) >= band
-                if min_notional > 0 and keep:
+                if min_notional > 0.0 and keep:
                     keep = abs(q) * p >= min_notional
                 if not keep:
                     q = 0.0
@@ -500,12 +501,12 @@ class ScalarCore:
                     q = -u
                 else:
                     q = tg * value_col / p - u
-                    if lot > 0:
+                    if lot > 0.0:
                         q = _trunc(q / lot) * lot
                     keep = True
-                    if band > 0:
+                    if band > 0.0:
                         keep = abs(tg - u * p / cur_denom) >= band
-                    if min_notional > 0 and keep:
+                    if min_notional > 0.0 and keep:
                         keep = abs(q) * p >= min_notional
                     if not keep:
                         q = 0.0
@@ -518,8 +519,8 @@ class ScalarCore:
             nu = u + q
             units.append(nu)
             # Average entry price (see step_core): add -> average, flip/fresh -> fill price.
-            old_sign = (u > 0.0) - (u < 0.0)
-            new_sign = (nu > 0.0) - (nu < 0.0)
+            old_sign = 1 if u > 0.0 else (-1 if u < 0.0 else 0)  # as in _step_one
+            new_sign = 1 if nu > 0.0 else (-1 if nu < 0.0 else 0)
             if new_sign == 0:
                 entry.append(0.0)
             elif new_sign != old_sign:
@@ -756,7 +757,7 @@ class ScalarActions:
     def _map_discrete(self, action: Any) -> list[float] | None:
         """:meth:`map` in discrete mode, with a shortcut for ``int`` and ``np.int64``."""
         kind = type(action)
-        if kind is np.int64 or kind is int:
+        if kind is _INT64 or kind is int:
             p = self._by_index.get(action)
             if p is not None:
                 return [p]
