@@ -17,14 +17,15 @@ Our SAC runs its default update, hand-written backward passes (``agents/sac_expl
 
 Threads: ``--threads 1 2`` runs the SAC section once per thread count (both learners always at
 the same count, set with ``torch.set_num_threads``) and ends with one summary row per count:
-seconds, ms per env step and the wall-clock ratio SB3 / ours. The default stays one thread. The
-networks are tiny ([256, 256], batch 256), so a second thread helps the matmuls but not the
-per-op overhead around them. 2k-step runs (issue 5; ours after the fused-Adam and per-member
-critic backward changes): on a quiet machine the lead measured ours 8.92 / SB3 13.66 ms per step
-at 1 thread and 6.42 / 12.73 at 2 threads (before those changes); 2 threads only lose when
-other processes already keep both cores busy (an earlier "2 threads ~10x slower" figure came
-from such oversubscription on a shared machine). Figures depend on machine load: never assert
-them in tests.
+seconds, ms per env step and the wall-clock ratio SB3 / ours. The default stays one thread.
+The networks are tiny ([256, 256], batch 256): a second thread speeds up the matmuls (about
+half of our step at one thread) but not the per-op overhead around them. What we measured
+(issue 5, 2k-step runs): on a quiet machine, before the latest explicit-update changes, ours
+8.92 / SB3 13.66 ms per step at 1 thread and 6.42 / 12.73 at 2 threads; with two cores
+already busy with other processes (load average ~3.5), 2 threads made both learners 5-10x
+slower (ours ~70, SB3 ~160 ms per step: the threads wait on each other's time slices), which
+is where an earlier "2 threads about 10x slower" figure came from. Compare thread counts
+only on a quiet machine. Figures depend on machine load: never assert them in tests.
 
 DQN section: ``bench/agents_dqn.py``'s ``bench_dqn`` (our Q-learning vs SB3 DQN on CartPole).
 """
