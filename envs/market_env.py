@@ -529,7 +529,8 @@ class MarketTradingEnv(gym.Env):
         target = map_action(action)
         if target is None:  # anything unusual goes through the validating NumPy mapping
             target = self.setup.map_actions(action, 1)[0].tolist()
-        draws = self.render_mode == "rgb_array"
+        mode = self.render_mode  # (``is`` first: comparing None to a str is a slow path)
+        draws = mode is not None and mode == "rgb_array"
         if draws:
             prev_units = state.units[0]
         core_step = self._core_step
