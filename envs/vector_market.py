@@ -212,7 +212,7 @@ class MarketTradingVectorEnv(VectorEnv):
         rows = np.flatnonzero(mask)
         if setup.random_start:
             rngs = self._rngs
-            starts[rows] = [int(rngs[i].integers(lo, hi + 1)) for i in rows]
+            starts[rows] = [int(rngs[i].integers(lo, hi + 1)) for i in rows.tolist()]
         else:
             starts[rows] = lo
         ends = np.zeros(self.num_envs, dtype=np.int64)
