@@ -238,7 +238,10 @@ class FusedAdamStep:
 
     Falls back to each optimiser's ``step()`` (which reads ``.grad``) whenever the shortcut
     would not be the same update: other Adam settings, step hooks, AMP grad scaling, optimiser
-    state not created yet (first step), or several parameter groups.
+    state not created yet (first step), or several parameter groups. The state tensors are
+    looked up again after ``load_state_dict`` or a settings change; a state tensor swapped by
+    hand inside the same state dict is not noticed, and a ``step`` patched onto the optimiser
+    instance is not called.
 
     Args:
         entries: ``(optimizer, params, grads)`` per optimiser; ``params`` must be exactly the
@@ -340,7 +343,10 @@ class FusedAdamStep:
             return False
         self._key, self._lists, self._hyper = key, (exp_avgs, exp_avg_sqs, steps), hyper or {}
         # The key holds ids: keep the objects alive so no new group or state can reuse one.
-        self._alive = [(opt.param_groups[0], opt.state) for opt, _, _ in self.entries]
+        self._alive = [
+            (opt.param_groups[0], opt.param_groups[0]["params"], opt.state)
+            for opt, _, _ in self.entries
+        ]
         return True
 
     def _fallback(self) -> None:
