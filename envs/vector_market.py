@@ -50,6 +50,13 @@ class MarketTradingVectorEnv(VectorEnv):
     Args:
         num_envs: number of parallel episodes.
         render_mode: must be None (render a single ``MarketTradingEnv`` instead).
+        backend: the step's implementation. ``"numpy"``: :func:`envs.market_core.
+            step_and_portfolio`, the reference. ``"numba"``: the compiled kernel of
+            :mod:`envs.market_numba` (same results bit for bit, ~several times faster at 1024
+            envs); raises :class:`ConfigError` when numba is not installed or the setup is one
+            the kernel does not support (more than one asset, a reward other than
+            ``log_return``, latency > 1), naming it. ``"auto"`` (default): numba when both hold,
+            else numpy, silently. The chosen one is in :attr:`backend`.
         **kwargs: every keyword argument of :class:`envs.market_env.MarketTradingEnv`.
 
     Memory: the equity curves of the running episodes are kept in an ``(episode_length + 1,
@@ -61,7 +68,15 @@ class MarketTradingVectorEnv(VectorEnv):
         "autoreset_mode": AutoresetMode.NEXT_STEP,
     }
 
-    def __init__(self, num_envs: int, render_mode: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_envs: int,
+        render_mode: str | None = None,
+        backend: str = "auto",
+        **kwargs: Any,
+    ) -> None:
+        if backend not in _BACKENDS:
+            raise ConfigError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         if int(num_envs) != num_envs or num_envs < 1:
             raise ConfigError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         if render_mode is not None:
@@ -88,6 +103,12 @@ class MarketTradingVectorEnv(VectorEnv):
         self._env_slots = np.arange(self.num_envs)
         self._everyone = np.ones(self.num_envs, dtype=bool)
         self._tables = step_tables(self.setup.arrays, self.setup.params)
+        self.backend = self._choose_backend(backend)
+        self._step_fn = step_and_portfolio
+        if self.backend == "numba":
+            from envs.market_numba import step_and_portfolio_numba
+
+            self._step_fn = step_and_portfolio_numba
         # Discrete fast path of MarketSetup.map_actions (see _targets).
         self._discrete_targets = None
         if self.setup.action_mode == "discrete":
@@ -165,7 +186,7 @@ class MarketTradingVectorEnv(VectorEnv):
             # Their actions are ignored (NEXT_STEP autoreset): substitute a valid no-op.
             actions = self._neutralise(actions, resetting)
         targets = self._targets(actions)
-        state, out, block, exposure = step_and_portfolio(
+        state, out, block, exposure = self._step_fn(
             setup.arrays, setup.params, setup.reward, self._state, targets, self._tables
         )
         rewards = out.reward
@@ -195,6 +216,24 @@ class MarketTradingVectorEnv(VectorEnv):
         return obs, rewards, terminated, truncated, info
 
     # --- helpers ----------------------------------------------------------------------------------
+    def _choose_backend(self, backend: str) -> str:
+        """``numba`` if asked for (or ``auto``) and the kernel supports the setup, else numpy."""
+        if backend == "numpy":
+            return "numpy"
+        from envs.market_numba import numba_available, unsupported_reason
+
+        setup = self.setup
+        if not numba_available():
+            if backend == "numba":
+                raise ConfigError("backend='numba' needs the numba package (pip install numba)")
+            return "numpy"
+        reason = unsupported_reason(setup.arrays, setup.params, setup.reward)
+        if reason is not None:
+            if backend == "numba":
+                raise ConfigError(f"backend='numba' does not support {reason}; use 'numpy'")
+            return "numpy"
+        return "numba"
+
     def _observe(self, state: CoreState) -> tuple[Any, np.ndarray]:
         """Observations and the (unclipped) exposures the portfolio block starts from."""
         setup = self.setup
@@ -298,6 +337,7 @@ class MarketTradingVectorEnv(VectorEnv):
         return out
 
 
+_BACKENDS = ("auto", "numpy", "numba")
 _EPISODE_KEYS = ("return", "sharpe", "sortino", "max_drawdown", "calmar", "turnover")
 
 

@@ -1,0 +1,422 @@
+"""Compiled (Numba) :func:`envs.market_core.step_and_portfolio` for one-asset batches (issue 3).
+
+At ``B = 1024`` the NumPy core costs ~100 calls of ~1 us whatever each computes; this kernel
+loops over the envs once and does scalar arithmetic per env, writing fresh output arrays. It
+restates :func:`envs.market_core._step` and ``_portfolio`` for ``N = 1`` operation by operation,
+in the same order, with ``fastmath`` off, so every result is the same IEEE value:
+
+* ``_row_sum`` of one asset is ``x + 0.0`` (turns ``-0.0`` into ``+0.0``); LLVM keeps that add
+  without fastmath, so it is written out here too.
+* ``np.maximum`` propagates NaN from either side: the branches here do the same (a NaN
+  compares False).
+* The log return is the one transcendental call: NumPy's SIMD ``np.log`` and libm's ``log``
+  differ in the last bit for a fraction of inputs, so the kernel returns the floored value
+  ratio and :func:`step_and_portfolio_numba` applies ``np.log`` to the ``(B,)`` array, exactly
+  as the NumPy core does. ``sqrt`` is correctly rounded in both.
+
+Supported configurations (:func:`unsupported_reason` names the first one that is not): one
+asset, the ``log_return`` reward (exactly :class:`envs.rewards.LogReturnReward`), latency 1.
+Every execution parameter (fees, spread, impact, funding, lot size, minimum notional, rebalance
+band, leverage, shorting) and ``max_drawdown`` are supported. Numba is optional: importing this
+module never imports it; :func:`numba_available` tells whether the kernel can be built.
+``tests/test_market_numba.py`` pins this path to the NumPy core bit for bit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import numpy as np
+
+from envs.market_core import (
+    _RUIN_RATIO_FLOOR,
+    PORTFOLIO_CLIP,
+    CoreParams,
+    CoreState,
+    MarketArrays,
+    StepOutput,
+    StepTables,
+)
+from envs.rewards import LogReturnReward, Reward
+
+__all__ = ["numba_available", "step_and_portfolio_numba", "unsupported_reason"]
+
+_KERNEL: Any = None
+
+
+def numba_available() -> bool:
+    """Whether ``numba`` is importable (without importing it)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def unsupported_reason(arrays: MarketArrays, params: CoreParams, reward: Reward) -> str | None:
+    """Why the kernel cannot step this configuration, or None when it can.
+
+    Args:
+        arrays: the market arrays of the env.
+        params: its static step parameters.
+        reward: its reward.
+
+    Returns:
+        A sentence naming the unsupported setting, or None.
+    """
+    if arrays.n_assets != 1:
+        return f"{arrays.n_assets} assets (the numba kernel supports one asset)"
+    if type(reward) is not LogReturnReward:
+        return (
+            f"reward {getattr(reward, 'name', type(reward).__name__)!r} (the numba kernel "
+            "supports only reward='log_return')"
+        )
+    if params.execution.latency != 1:
+        return f"latency={params.execution.latency} (the numba kernel supports latency=1)"
+    return None
+
+
+def _kernel() -> Any:
+    """The compiled kernel, built (or loaded from Numba's cache) on first use."""
+    global _KERNEL
+    if _KERNEL is None:
+        import numba
+
+        # error_model="numpy": a float division by zero gives inf/NaN as in NumPy, not an
+        # exception (ruined books divide by a zero value).
+        _KERNEL = numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")(
+            _step_one_asset
+        )
+    return _KERNEL
+
+
+def _step_one_asset(
+    bars: np.ndarray,
+    n_bars: int,
+    t: np.ndarray,
+    end: np.ndarray,
+    steps: np.ndarray,
+    cash_old: np.ndarray,
+    units_old: np.ndarray,
+    entry_old: np.ndarray,
+    value_old: np.ndarray,
+    peak_old: np.ndarray,
+    tit_old: np.ndarray,
+    fees_old: np.ndarray,
+    spread_old: np.ndarray,
+    impact_old: np.ndarray,
+    funding_old: np.ndarray,
+    trades_old: np.ndarray,
+    notional_old: np.ndarray,
+    target: np.ndarray,
+    taker_fee: float,
+    half_spread: float,
+    borrow_rate: float,
+    margin_rate: float,
+    lot_size: float,
+    min_notional: float,
+    rebalance_band: float,
+    inv_bars_per_year: float,
+    has_drawdown: bool,
+    drawdown_keep: float,
+    window: int,
+    ratio_floor: float,
+    clip: float,
+) -> tuple:
+    batch = t.shape[0]
+    s_out = np.empty(batch, np.int64)
+    steps_out = np.empty(batch, np.int64)
+    cash_out = np.empty(batch)
+    units_out = np.empty((batch, 1))
+    entry_out = np.empty((batch, 1))
+    value_out = np.empty(batch)
+    peak_out = np.empty(batch)
+    tit_out = np.empty(batch, np.int64)
+    fees_out = np.empty(batch)
+    spread_out = np.empty(batch)
+    impact_out = np.empty(batch)
+    funding_out = np.empty(batch)
+    trades_out = np.empty(batch, np.int64)
+    notional_out = np.empty(batch)
+    ratio_out = np.empty(batch)
+    cost_out = np.empty(batch)
+    n_trades_out = np.empty(batch, np.int64)
+    terminated = np.empty(batch, np.bool_)
+    truncated = np.empty(batch, np.bool_)
+    block = np.empty((batch, 5))
+    exposure = np.empty((batch, 1))
+    last = n_bars - 1
+    nan = np.nan
+    for i in range(batch):
+        s = t[i] + 1
+        if s > last:
+            s = last
+        price = bars[0, s, 0]
+        close = bars[1, s, 0]
+        k_sigma = bars[2, s, 0]
+        volume = bars[3, s, 0]
+        u0 = units_old[i, 0]
+        executed = target[i, 0]
+
+        # --- size_orders ----------------------------------------------------------------------
+        marked = u0 * price
+        book_value = cash_old[i] + (marked + 0.0)
+        positive = book_value > 0.0
+        tradable = np.isfinite(executed) and positive
+        safe_target = executed if tradable else 0.0
+        # np.maximum(x, 0.0) as a branch: NaN (which compares False) passes through.
+        value_col = 0.0 if book_value < 0.0 else book_value
+        q = safe_target * value_col
+        q /= price
+        q -= u0
+        if lot_size > 0.0:
+            q /= lot_size
+            q = np.trunc(q)
+            q *= lot_size
+        keep = tradable
+        if rebalance_band > 0.0:
+            marked /= book_value if positive else 1.0
+            marked -= safe_target
+            keep = keep and abs(marked) >= rebalance_band
+        if min_notional > 0.0:
+            keep = keep and abs(q) * price >= min_notional
+        closing = safe_target == 0.0 and tradable
+        if closing:
+            q = -u0
+        elif not keep:
+            q = 0.0
+
+        # --- order_costs ----------------------------------------------------------------------
+        size = abs(q)
+        notional = size * price
+        size /= volume
+        size = np.sqrt(size)
+        impact_n = k_sigma * size
+        impact_n *= notional
+        traded = notional
+        fee = taker_fee * traded
+        spread = half_spread * traded
+        trade_cost = fee + spread
+        trade_cost += impact_n
+
+        paid = q * price
+        cash = cash_old[i] - (paid + 0.0)
+        cash -= trade_cost
+        units = u0 + q
+
+        # --- entry price ----------------------------------------------------------------------
+        # np.sign(x) == np.sign(y): NaN has no sign equal to anything.
+        sign_new = 1.0 if units > 0.0 else (-1.0 if units < 0.0 else (0.0 if units == 0.0 else nan))
+        sign_old = 1.0 if u0 > 0.0 else (-1.0 if u0 < 0.0 else (0.0 if u0 == 0.0 else nan))
+        same_sign = sign_new == sign_old
+        flat = units == 0.0
+        adding = abs(units) > abs(u0) and same_sign
+        averaged = u0 * entry_old[i, 0]
+        averaged += paid
+        averaged /= 1.0 if flat else units
+        entry = averaged if adding else entry_old[i, 0]
+        if not same_sign:
+            entry = price
+        if flat:
+            entry = 0.0
+
+        # --- holding_cost ---------------------------------------------------------------------
+        short = 0.0 if units > 0.0 else -units
+        short *= close
+        borrowed = 0.0 if cash > 0.0 else -cash
+        borrowed *= margin_rate
+        funding = borrow_rate * (short + 0.0)
+        funding += borrowed
+        funding *= inv_bars_per_year
+        cash -= funding
+
+        held = units * close
+        value = cash + (held + 0.0)
+        p0 = peak_old[i]
+        peak = p0 if (p0 >= value or p0 != p0) else value
+        ratio = value / value_old[i]
+        ratio_out[i] = ratio_floor if ratio < ratio_floor else ratio
+        safe_value = value if abs(value) > 1e-12 else 1e-12
+        held /= safe_value
+        cost = trade_cost + funding
+
+        tit = tit_old[i] + 1 if same_sign else 1
+        if flat:
+            tit = 0
+        moved = 1 if q != 0.0 else 0
+
+        term = value <= 0.0
+        if has_drawdown:
+            term = term or value < peak * drawdown_keep
+        e_t = end[i]
+
+        s_out[i] = s
+        steps_out[i] = steps[i] + 1
+        cash_out[i] = cash
+        units_out[i, 0] = units
+        entry_out[i, 0] = entry
+        value_out[i] = value
+        peak_out[i] = peak
+        tit_out[i] = tit
+        fees_out[i] = fees_old[i] + fee
+        spread_out[i] = spread_old[i] + spread
+        impact_out[i] = impact_old[i] + impact_n
+        funding_out[i] = funding_old[i] + funding
+        trades_out[i] = trades_old[i] + moved
+        notional_out[i] = notional_old[i] + traded
+        cost_out[i] = cost
+        n_trades_out[i] = moved
+        terminated[i] = term
+        truncated[i] = s >= e_t and not term
+        exposure[i, 0] = held
+
+        # --- portfolio block (market_core._portfolio), clipped like np.clip (NaN kept) ---------
+        upnl = close - entry
+        upnl *= units
+        row = (
+            held,
+            cash / safe_value,
+            (upnl + 0.0) / safe_value,
+            float(tit) / float(tit + window),
+            executed,
+        )
+        for j in range(5):
+            x = row[j]
+            if x < -clip:
+                x = -clip
+            elif x > clip:
+                x = clip
+            block[i, j] = x
+    return (
+        s_out,
+        steps_out,
+        cash_out,
+        units_out,
+        entry_out,
+        value_out,
+        peak_out,
+        tit_out,
+        fees_out,
+        spread_out,
+        impact_out,
+        funding_out,
+        trades_out,
+        notional_out,
+        ratio_out,
+        cost_out,
+        n_trades_out,
+        terminated,
+        truncated,
+        block,
+        exposure,
+    )
+
+
+def step_and_portfolio_numba(
+    arrays: MarketArrays,
+    params: CoreParams,
+    reward: Reward,
+    state: CoreState,
+    target: np.ndarray,
+    tables: StepTables,
+) -> tuple[CoreState, StepOutput, np.ndarray, np.ndarray]:
+    """:func:`envs.market_core.step_and_portfolio` through the compiled kernel (same bits).
+
+    Only for configurations :func:`unsupported_reason` accepts (the caller checks, once).
+
+    Args:
+        arrays: the precomputed market arrays.
+        params: static parameters.
+        reward: the reward (a :class:`envs.rewards.LogReturnReward`).
+        state: current state (not modified).
+        target: ``(B, 1)`` float64 target exposures.
+        tables: :func:`envs.market_core.step_tables` of ``arrays`` and ``params``.
+
+    Returns:
+        The new state, the step's outputs, the ``(B, 5)`` portfolio block of the new state and
+        its unclipped ``(B, 1)`` exposures.
+    """
+    cfg = params.execution
+    dd = params.max_drawdown
+    (
+        s,
+        steps,
+        cash,
+        units,
+        entry,
+        value,
+        peak,
+        tit,
+        fees,
+        spread,
+        impact,
+        funding,
+        trades,
+        notional,
+        ratio,
+        cost,
+        n_trades,
+        terminated,
+        truncated,
+        block,
+        exposure,
+    ) = _kernel()(
+        tables.bars,
+        arrays.n_bars,
+        state.t,
+        state.end,
+        state.steps,
+        state.cash,
+        state.units,
+        state.entry_price,
+        state.value,
+        state.peak,
+        state.time_in_trade,
+        state.fees,
+        state.spread,
+        state.impact,
+        state.funding,
+        state.trades,
+        state.traded_notional,
+        target,
+        float(cfg.taker_fee),
+        float(cfg.half_spread),
+        float(cfg.borrow_rate),
+        float(cfg.margin_rate),
+        float(cfg.lot_size),
+        float(cfg.min_notional),
+        float(cfg.rebalance_band),
+        1.0 / arrays.bars_per_year,
+        dd is not None,
+        1.0 - dd if dd is not None else 1.0,
+        int(params.window),
+        _RUIN_RATIO_FLOOR,
+        PORTFOLIO_CLIP,
+    )
+    # The log outside the kernel: NumPy's np.log, as the core applies it (see the module doc).
+    reward_values = np.log(ratio, out=ratio)
+    new_state = CoreState(
+        t=s,
+        end=state.end,
+        steps=steps,
+        cash=cash,
+        units=units,
+        entry_price=entry,
+        value=value,
+        peak=peak,
+        time_in_trade=tit,
+        last_target=target,
+        pending=state.pending,
+        fees=fees,
+        spread=spread,
+        impact=impact,
+        funding=funding,
+        trades=trades,
+        traded_notional=notional,
+        reward_state=state.reward_state,
+    )
+    out = StepOutput(
+        reward=reward_values,
+        terminated=terminated,
+        truncated=truncated,
+        step_cost=cost,
+        trades=n_trades,
+    )
+    return new_state, out, block, exposure
