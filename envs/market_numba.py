@@ -24,8 +24,7 @@ module never imports it; :func:`numba_available` tells whether the kernel can be
 
 from __future__ import annotations
 
-import importlib.util
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -42,12 +41,27 @@ from envs.rewards import LogReturnReward, Reward
 
 __all__ = ["numba_available", "step_and_portfolio_numba", "unsupported_reason"]
 
-_KERNEL: Any = None
+try:  # optional dependency: without it the batched env uses the NumPy core
+    import numba
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    numba = None
+
+
+def _jit(fn: Callable) -> Callable:
+    """``numba.njit`` with the options every function here needs; identity without numba.
+
+    ``fastmath`` off keeps IEEE semantics (no reassociation, ``x + 0.0`` kept); the ``numpy``
+    error model makes a float division by zero give inf/NaN as in NumPy instead of raising
+    (a ruined book divides by a zero value). Compiled on first call, cached on disk.
+    """
+    if numba is None:
+        return fn
+    return numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")(fn)
 
 
 def numba_available() -> bool:
-    """Whether ``numba`` is importable (without importing it)."""
-    return importlib.util.find_spec("numba") is not None
+    """Whether ``numba`` is importable."""
+    return numba is not None
 
 
 def unsupported_reason(arrays: MarketArrays, params: CoreParams, reward: Reward) -> str | None:
@@ -73,20 +87,14 @@ def unsupported_reason(arrays: MarketArrays, params: CoreParams, reward: Reward)
     return None
 
 
-def _kernel() -> Any:
-    """The compiled kernel, built (or loaded from Numba's cache) on first use."""
-    global _KERNEL
-    if _KERNEL is None:
-        import numba
-
-        # error_model="numpy": a float division by zero gives inf/NaN as in NumPy, not an
-        # exception (ruined books divide by a zero value).
-        _KERNEL = numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")(
-            _step_one_asset
-        )
-    return _KERNEL
+@_jit
+def _clip(x: float, bound: float) -> float:
+    # np.clip(x, -bound, bound): NaN (which compares False) passes through.
+    x = -bound if x < -bound else x
+    return bound if x > bound else x
 
 
+@_jit
 def _step_one_asset(
     bars: np.ndarray,
     n_bars: int,
@@ -143,11 +151,8 @@ def _step_one_asset(
     block = np.empty((batch, 5))
     exposure = np.empty((batch, 1))
     last = n_bars - 1
-    nan = np.nan
     for i in range(batch):
-        s = t[i] + 1
-        if s > last:
-            s = last
+        s = min(t[i] + 1, last)
         price = bars[0, s, 0]
         close = bars[1, s, 0]
         k_sigma = bars[2, s, 0]
@@ -159,7 +164,7 @@ def _step_one_asset(
         marked = u0 * price
         book_value = cash_old[i] + (marked + 0.0)
         positive = book_value > 0.0
-        tradable = np.isfinite(executed) and positive
+        tradable = np.isfinite(executed) & positive
         safe_target = executed if tradable else 0.0
         # np.maximum(x, 0.0) as a branch: NaN (which compares False) passes through.
         value_col = 0.0 if book_value < 0.0 else book_value
@@ -174,14 +179,12 @@ def _step_one_asset(
         if rebalance_band > 0.0:
             marked /= book_value if positive else 1.0
             marked -= safe_target
-            keep = keep and abs(marked) >= rebalance_band
+            keep = keep & (abs(marked) >= rebalance_band)
         if min_notional > 0.0:
-            keep = keep and abs(q) * price >= min_notional
-        closing = safe_target == 0.0 and tradable
-        if closing:
-            q = -u0
-        elif not keep:
-            q = 0.0
+            keep = keep & (abs(q) * price >= min_notional)
+        closing = (safe_target == 0.0) & tradable
+        q = q if keep else 0.0
+        q = -u0 if closing else q
 
         # --- order_costs ----------------------------------------------------------------------
         size = abs(q)
@@ -202,20 +205,23 @@ def _step_one_asset(
         units = u0 + q
 
         # --- entry price ----------------------------------------------------------------------
-        # np.sign(x) == np.sign(y): NaN has no sign equal to anything.
-        sign_new = 1.0 if units > 0.0 else (-1.0 if units < 0.0 else (0.0 if units == 0.0 else nan))
-        sign_old = 1.0 if u0 > 0.0 else (-1.0 if u0 < 0.0 else (0.0 if u0 == 0.0 else nan))
-        same_sign = sign_new == sign_old
+        # np.sign(x) == np.sign(y): both not NaN (NaN's sign equals nothing) and in the same
+        # class of > 0, < 0, == 0. Comparisons combined with & rather than branches: under
+        # random actions every branch here is unpredictable.
+        same_sign = (
+            ((units > 0.0) == (u0 > 0.0))
+            & ((units < 0.0) == (u0 < 0.0))
+            & (units == units)
+            & (u0 == u0)
+        )
         flat = units == 0.0
-        adding = abs(units) > abs(u0) and same_sign
+        adding = (abs(units) > abs(u0)) & same_sign
         averaged = u0 * entry_old[i, 0]
         averaged += paid
         averaged /= 1.0 if flat else units
         entry = averaged if adding else entry_old[i, 0]
-        if not same_sign:
-            entry = price
-        if flat:
-            entry = 0.0
+        entry = entry if same_sign else price
+        entry = 0.0 if flat else entry
 
         # --- holding_cost ---------------------------------------------------------------------
         short = 0.0 if units > 0.0 else -units
@@ -230,7 +236,7 @@ def _step_one_asset(
         held = units * close
         value = cash + (held + 0.0)
         p0 = peak_old[i]
-        peak = p0 if (p0 >= value or p0 != p0) else value
+        peak = p0 if (p0 >= value) | (p0 != p0) else value
         ratio = value / value_old[i]
         ratio_out[i] = ratio_floor if ratio < ratio_floor else ratio
         safe_value = value if abs(value) > 1e-12 else 1e-12
@@ -238,13 +244,12 @@ def _step_one_asset(
         cost = trade_cost + funding
 
         tit = tit_old[i] + 1 if same_sign else 1
-        if flat:
-            tit = 0
-        moved = 1 if q != 0.0 else 0
+        tit = 0 if flat else tit
+        moved = np.int64(q != 0.0)
 
         term = value <= 0.0
         if has_drawdown:
-            term = term or value < peak * drawdown_keep
+            term = term | (value < peak * drawdown_keep)
         e_t = end[i]
 
         s_out[i] = s
@@ -264,26 +269,17 @@ def _step_one_asset(
         cost_out[i] = cost
         n_trades_out[i] = moved
         terminated[i] = term
-        truncated[i] = s >= e_t and not term
+        truncated[i] = (s >= e_t) & (not term)
         exposure[i, 0] = held
 
         # --- portfolio block (market_core._portfolio), clipped like np.clip (NaN kept) ---------
         upnl = close - entry
         upnl *= units
-        row = (
-            held,
-            cash / safe_value,
-            (upnl + 0.0) / safe_value,
-            float(tit) / float(tit + window),
-            executed,
-        )
-        for j in range(5):
-            x = row[j]
-            if x < -clip:
-                x = -clip
-            elif x > clip:
-                x = clip
-            block[i, j] = x
+        block[i, 0] = _clip(held, clip)
+        block[i, 1] = _clip(cash / safe_value, clip)
+        block[i, 2] = _clip((upnl + 0.0) / safe_value, clip)
+        block[i, 3] = _clip(float(tit) / float(tit + window), clip)
+        block[i, 4] = _clip(executed, clip)
     return (
         s_out,
         steps_out,
@@ -357,7 +353,7 @@ def step_and_portfolio_numba(
         truncated,
         block,
         exposure,
-    ) = _kernel()(
+    ) = _step_one_asset(
         tables.bars,
         arrays.n_bars,
         state.t,

@@ -1,0 +1,192 @@
+"""The Numba backend of MarketTradingVectorEnv equals the NumPy core bit for bit, or falls back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from envs.data.dataset import MarketDataset
+from envs.errors import ConfigError
+from envs.market_numba import unsupported_reason
+from envs.vector_market import MarketTradingVectorEnv
+
+HOUR_NS = 3600 * 10**9
+FEATURES = ("logret_1", "logret_4", "rvol_8")
+
+
+def gbm_dataset(
+    n_bars: int = 300, n_assets: int = 1, seed: int = 0, vol: float = 0.01
+) -> MarketDataset:
+    """Small hourly GBM OHLCV dataset, built inline so the tests need no data files."""
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, vol, (n_bars, n_assets)), axis=0))
+    open_ = np.vstack([close[:1], close[:-1]]) * np.exp(rng.normal(0, vol / 5, close.shape))
+    high = np.maximum(open_, close) * 1.001
+    low = np.minimum(open_, close) * 0.999
+    volume = rng.lognormal(8.0, 0.3, (n_bars, n_assets))
+    return MarketDataset(
+        timestamps=np.arange(n_bars, dtype=np.int64) * HOUR_NS,
+        symbols=tuple(f"A{i}" for i in range(n_assets)),
+        ohlcv=np.stack([open_, high, low, close, volume], axis=-1),
+        source="<gbm test>",
+    )
+
+
+def _assert_same(a: Any, b: Any, where: str) -> None:
+    """Equal type, keys, dtypes, shapes and bits (NaN payloads and signed zeros included)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}[{k!r}]")
+        return
+    if isinstance(a, tuple):
+        assert isinstance(b, tuple) and len(a) == len(b), where
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{k}]")
+        return
+    a = np.asarray(a)
+    b = np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, (where, a.dtype, b.dtype, a.shape, b.shape)
+    assert np.array_equal(
+        np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8)
+    ), where
+
+
+def _run_pair(num_envs: int, steps: int, seed: int, **kwargs: Any) -> dict[str, int]:
+    """Step a numpy-backend and a numba-backend env with the same random actions; compare all."""
+    ref = MarketTradingVectorEnv(num_envs, backend="numpy", **kwargs)
+    fast = MarketTradingVectorEnv(num_envs, backend="numba", **kwargs)
+    assert (ref.backend, fast.backend) == ("numpy", "numba")
+    _assert_same(ref.reset(seed=seed), fast.reset(seed=seed), "reset")
+    rng = np.random.default_rng(seed)
+    space = ref.action_space
+    counts = {"terminated": 0, "truncated": 0, "episodes": 0, "trades": 0}
+    for k in range(steps):
+        if ref.setup.action_mode == "discrete":
+            actions = rng.integers(0, ref.single_action_space.n, size=num_envs)
+        else:
+            actions = rng.uniform(-1.3, 1.3, size=space.shape).astype(np.float32)
+        got_ref = ref.step(actions)
+        got_fast = fast.step(actions)
+        _assert_same(got_ref, got_fast, f"step {k}")
+        counts["terminated"] += int(got_ref[2].sum())
+        counts["truncated"] += int(got_ref[3].sum())
+        counts["episodes"] += int(got_ref[4].get("_episode", np.zeros(1, bool)).sum())
+        counts["trades"] += int(np.sum(got_ref[4]["trades"] > 0))
+    for name, x, y in zip(ref.state._fields, ref.state, fast.state, strict=True):
+        _assert_same(x, y, f"state.{name}")
+    return counts
+
+
+def test_discrete_default_costs_with_autoresets() -> None:
+    counts = _run_pair(
+        16, 400, seed=3, dataset=gbm_dataset(), features=FEATURES, window=8, episode_length=25
+    )
+    assert counts["truncated"] > 0 and counts["episodes"] > 0 and counts["trades"] > 0
+
+
+def test_continuous_flat_all_costs_lot_min_notional_band() -> None:
+    counts = _run_pair(
+        12,
+        300,
+        seed=5,
+        dataset=gbm_dataset(seed=1),
+        features=FEATURES,
+        window=6,
+        episode_length=40,
+        action_mode="continuous",
+        flatten=True,
+        max_leverage=3.0,
+        taker_fee=0.002,
+        half_spread=0.001,
+        impact_k=2.0,
+        borrow_rate=0.3,
+        margin_rate=0.4,
+        lot_size=0.01,
+        min_notional=50.0,
+        rebalance_band=0.1,
+    )
+    assert counts["truncated"] > 0 and counts["trades"] > 0
+
+
+def test_drawdown_termination_and_no_band() -> None:
+    counts = _run_pair(
+        10,
+        300,
+        seed=7,
+        dataset=gbm_dataset(seed=2, vol=0.03),
+        features=FEATURES,
+        window=5,
+        episode_length=60,
+        action_mode="continuous",
+        max_leverage=2.0,
+        rebalance_band=0.0,
+        max_drawdown=0.05,
+        allow_short=False,
+    )
+    assert counts["terminated"] > 0
+
+
+def test_ruin_terminates_identically() -> None:
+    # Violent prices and 10x leverage with heavy costs: books reach value <= 0 (ruin floor of
+    # the log return, NaN-free division by a zero value in the kernel).
+    counts = _run_pair(
+        8,
+        200,
+        seed=11,
+        dataset=gbm_dataset(seed=4, vol=0.15),
+        features=FEATURES,
+        window=4,
+        episode_length=50,
+        action_mode="continuous",
+        max_leverage=10.0,
+        taker_fee=0.01,
+        impact_k=5.0,
+        rebalance_band=0.0,
+    )
+    assert counts["terminated"] > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        (dict(dataset=gbm_dataset(n_assets=2), action_mode="weights"), "2 assets"),
+        (dict(reward="differential_sharpe"), "differential_sharpe"),
+        (dict(latency=2), "latency=2"),
+    ],
+    ids=["multi-asset", "reward", "latency"],
+)
+def test_unsupported_configs_fall_back_or_raise(kwargs: dict[str, Any], named: str) -> None:
+    base = dict(dataset=gbm_dataset(), features=FEATURES, window=5, episode_length=20)
+    base.update(kwargs)
+    auto = MarketTradingVectorEnv(4, **base)
+    assert auto.backend == "numpy"
+    setup = auto.setup
+    assert named in unsupported_reason(setup.arrays, setup.params, setup.reward)
+    with pytest.raises(ConfigError, match=named):
+        MarketTradingVectorEnv(4, backend="numba", **base)
+    # The fallback still steps (the NumPy core).
+    auto.reset(seed=0)
+    auto.step(auto.action_space.sample())
+
+
+def test_backend_choice_and_errors() -> None:
+    base = dict(dataset=gbm_dataset(), features=FEATURES, window=5, episode_length=20)
+    assert MarketTradingVectorEnv(2, **base).backend == "numba"
+    assert MarketTradingVectorEnv(2, backend="numpy", **base).backend == "numpy"
+    with pytest.raises(ConfigError, match="backend"):
+        MarketTradingVectorEnv(2, backend="cuda", **base)
+
+
+def test_backend_numba_without_numba_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    import envs.market_numba as market_numba
+
+    monkeypatch.setattr(market_numba, "numba", None)
+    base = dict(dataset=gbm_dataset(), features=FEATURES, window=5, episode_length=20)
+    with pytest.raises(ConfigError, match="numba package"):
+        MarketTradingVectorEnv(2, backend="numba", **base)
+    assert MarketTradingVectorEnv(2, **base).backend == "numpy"
