@@ -3,11 +3,13 @@
 Run: ``.venv/bin/python bench/envs.py [--steps 20000] [--single-only]``. All envs run on the
 same data length (the shipped ``btc_usd_hourly`` sample, 17,500 bars) with random actions on one
 process; ours use window 32, the default features and costs on (fee, spread, square-root impact,
-funding) and return fresh observation arrays. gym-anytrading is measured only when it is
-importable (``pip install gym-anytrading``; it is not a project dependency); its step is float
-arithmetic without costs and its observation is a view of its feature array. Figures depend on
-the machine and its load: read them as ratios of rows measured in the same run, never assert
-them in tests.
+funding) and return fresh observation arrays. The batched rows without a label use
+``backend="numpy"`` (the NumPy core, the reference); rows labelled ``numba`` use the compiled
+kernel of ``envs/market_numba.py`` (same results bit for bit; listed when numba is installed).
+gym-anytrading is measured only when it is importable (``pip install gym-anytrading``; it is not
+a project dependency); its step is float arithmetic without costs and its observation is a view
+of its feature array. Figures depend on the machine and its load: read them as ratios of rows
+measured in the same run, never assert them in tests.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from envs.data import load_sample  # noqa: E402
 from envs.market_env import MarketTradingEnv  # noqa: E402
+from envs.market_numba import numba_available  # noqa: E402
 from envs.vector_market import MarketTradingVectorEnv  # noqa: E402
 
 WINDOW = 32
@@ -55,10 +58,17 @@ def bench_single(dataset, flatten: bool, steps: int, action_mode: str = "discret
     return steps / (time.perf_counter() - start)
 
 
-def bench_vector(dataset, num_envs: int, env_steps: int, episode: int = EPISODE) -> float:
+def bench_vector(
+    dataset, num_envs: int, env_steps: int, episode: int = EPISODE, backend: str = "numpy"
+) -> float:
     """Env-steps per second of the batched env, episode ends and autoresets included."""
     venv = MarketTradingVectorEnv(
-        num_envs, dataset=dataset, window=WINDOW, episode_length=episode, flatten=True
+        num_envs,
+        backend=backend,
+        dataset=dataset,
+        window=WINDOW,
+        episode_length=episode,
+        flatten=True,
     )
     venv.reset(seed=0)
     n = max(20, env_steps // num_envs)
@@ -111,6 +121,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     dataset = load_sample("btc_usd_hourly")
+    has_numba = numba_available()
     rows: list[tuple[str, float | None, str]] = []
     single_dict = bench_single(dataset, flatten=False, steps=args.steps)
     rows.append(("MarketTrading-v0 single, Dict obs", single_dict, "steps/s"))
@@ -129,29 +140,59 @@ def main() -> None:
         rows.append(
             (f"MarketTradingVectorEnv x1024, {SHORT_EPISODE}-bar episodes", rate, "env-steps/s")
         )
+        if has_numba:
+            bench_vector(dataset, 8, env_steps=100, backend="numba")  # JIT / cache load
+            for n in (64, 1024, 4096):
+                rate = bench_vector(dataset, n, env_steps=10 * args.steps, backend="numba")
+                rows.append((f"MarketTradingVectorEnv x{n}, numba", rate, "env-steps/s"))
+            rate = bench_vector(
+                dataset, 1024, env_steps=10 * args.steps, episode=SHORT_EPISODE, backend="numba"
+            )
+            rows.append(
+                (
+                    f"MarketTradingVectorEnv x1024, {SHORT_EPISODE}-bar episodes, numba",
+                    rate,
+                    "env-steps/s",
+                )
+            )
     any_rate = bench_anytrading(dataset, args.steps)
     rows.append(("gym-anytrading stocks-v0 (no costs)", any_rate, "steps/s"))
 
     print(f"data: {len(dataset)} bars of {dataset.symbols[0]}, window {WINDOW}, costs on (ours)")
-    print(f"{'env':<44}{'rate':>14}  unit{'us/step':>14}")
+    print(f"{'env':<56}{'rate':>14}  unit{'us/step':>14}")
     for name, rate, unit in rows:
         shown = "not installed" if rate is None else f"{rate:,.0f}"
         per_step = "" if rate is None else f"{1e6 / rate:.2f}"
-        print(f"{name:<44}{shown:>14}  {unit:<11}{per_step:>8}")
-    vec = [rate for name, rate, _ in rows if name.startswith("MarketTradingVectorEnv")]
-    if vec:
-        print(f"batched best / single flat: {max(vec) / single_flat:.1f}x")
+        print(f"{name:<56}{shown:>14}  {unit:<11}{per_step:>8}")
+    backends = ["numpy"] + (["numba"] if has_numba else [])
+    for backend in backends:
+        vec = [
+            rate
+            for name, rate, _ in rows
+            if name.startswith("MarketTradingVectorEnv")
+            and name.endswith(", numba") == (backend == "numba")
+        ]
+        if vec:
+            print(f"batched best ({backend}) / single flat: {max(vec) / single_flat:.1f}x")
+    if not args.single_only:
         # Issue 3's goal (batched >= 20x the single env's steps/s on one core), measured
-        # load-robustly as below: short alternating runs, median of the ratios.
-        ratios = []
+        # load-robustly as below: short alternating runs (single, then each backend), median
+        # of the ratios.
+        ratios: dict[str, list[float]] = {b: [] for b in backends}
         # Each batched run steps 1024 envs 100 times (~100k env-steps, comparable wall time
         # to the single run's 5k steps); fewer steps made the ratio a measure of timer noise.
         for _ in range(args.rounds):
             single = bench_single(dataset, flatten=True, steps=args.steps // 4)
-            batched = bench_vector(dataset, 1024, env_steps=100 * 1024)
-            ratios.append(batched / single)
-        shown = " ".join(f"{r:.1f}" for r in ratios)
-        print(f"interleaved x1024 / single flat: median {np.median(ratios):.1f}x ({shown})")
+            for backend in backends:
+                batched = bench_vector(dataset, 1024, env_steps=100 * 1024, backend=backend)
+                ratios[backend].append(batched / single)
+        for backend in backends:
+            got = ratios[backend]
+            shown = " ".join(f"{r:.1f}" for r in got)
+            print(
+                f"interleaved x1024 ({backend}) / single flat: median {np.median(got):.1f}x "
+                f"({shown})"
+            )
     if any_rate is not None:
         print(f"single flat / gym-anytrading: {single_flat / any_rate:.2f}x")
         # On a shared machine the load changes between rows; alternating short runs of the two
