@@ -37,9 +37,10 @@ from envs.market_core import (
     StepOutput,
     StepTables,
 )
+from envs.observation import ObservationBuilder
 from envs.rewards import LogReturnReward, Reward
 
-__all__ = ["numba_available", "step_and_portfolio_numba", "unsupported_reason"]
+__all__ = ["FlatGather", "numba_available", "step_and_portfolio_numba", "unsupported_reason"]
 
 try:  # optional dependency: without it the batched env uses the NumPy core
     import numba
@@ -379,3 +380,123 @@ def step_and_portfolio_numba(
         trades=ints[4],
     )
     return new_state, out, block, floats[12][:, None]
+
+
+@_jit
+def _gather_flat(
+    flat: np.ndarray,
+    step: int,
+    rows: np.ndarray,
+    window_width: int,
+    block: np.ndarray,
+    low: np.float32,
+    high: np.float32,
+    clip: bool,
+) -> np.ndarray:
+    batch = rows.shape[0]
+    width = block.shape[1]
+    out = np.empty((batch, window_width + width), np.float32)
+    for i in range(batch):
+        dst = out[i]
+        src = flat[rows[i] * step : rows[i] * step + window_width]
+        # An explicit loop over two contiguous 1-D views: LLVM vectorises it (a slice
+        # assignment compiled to a scalar loop and ran at half NumPy's speed).
+        for j in range(window_width):
+            dst[j] = src[j]
+        for j in range(width):
+            x = np.float32(block[i, j])  # the float64 -> float32 cast of the assignment
+            if clip:  # np.clip with float32 bounds; NaN (which compares False) passes through
+                x = low if x < low else x
+                x = high if x > high else x
+            dst[window_width + j] = x
+    return out
+
+
+class FlatGather:
+    """The flat observations of :meth:`ObservationBuilder.batch_assembler`, gathered compiled.
+
+    For the layout the market envs build without predictor blocks (``market`` window first,
+    ``portfolio`` last, flattened), one loop copies each row's window as a contiguous run of
+    the assembler's pre-clipped, zero-padded source (its ``spans``) and writes the clipped
+    portfolio block after it: the same float32 values as the assembler, ~20-25% faster at
+    1024 envs (measured 53 vs 70 us for a fresh 2 MB output; memory-bound either way). Returns
+    fresh arrays. Construct with :meth:`build`, which returns None for every other layout.
+    Pickles as its assembler and builder (the views are rebuilt, not copied).
+    """
+
+    def __init__(self, assemble: Callable, builder: ObservationBuilder, window: int) -> None:
+        self.assemble = assemble
+        self.builder = builder
+        self.window = window
+        self._derive()
+
+    def _derive(self) -> None:
+        spans = self.assemble.spans
+        bounds = self.assemble.given_bounds
+        self.spans = spans
+        self.lo = self.window - 1
+        self.n_rows = spans.shape[0]
+        self.step = spans.strides[0] // spans.itemsize
+        # A 1-D view over exactly the memory the spans address (row r starts at r * step).
+        total = (self.n_rows - 1) * self.step + spans.shape[1]
+        self.flat = np.lib.stride_tricks.as_strided(
+            spans, shape=(total,), strides=(spans.itemsize,), writeable=False
+        )
+        self.window_width = self.builder.flat_slices["market"].stop
+        self.block_width = spans.shape[1] - self.window_width
+        self.clip = bounds is not None
+        low, high = bounds if bounds is not None else (0.0, 0.0)
+        self.low = np.float32(low)
+        self.high = np.float32(high)
+
+    def __getstate__(self) -> dict:
+        return {"assemble": self.assemble, "builder": self.builder, "window": self.window}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._derive()
+
+    @classmethod
+    def build(
+        cls, assemble: Callable, builder: ObservationBuilder, window: int
+    ) -> FlatGather | None:
+        """A gather for ``assemble`` of ``builder``, or None when the layout is not supported.
+
+        Supported: numba importable, flat observations of exactly the blocks ``market`` then
+        ``portfolio``, and an assembler exposing its ``spans`` and ``given_bounds``.
+        """
+        if numba is None or not builder.flatten or builder.block_names != ("market", "portfolio"):
+            return None
+        spans = getattr(assemble, "spans", None)
+        market = builder.flat_slices["market"]
+        given = builder.flat_slices["portfolio"]
+        if (
+            spans is None
+            or not hasattr(assemble, "given_bounds")
+            or spans.dtype != np.float32
+            or spans.ndim != 2
+            or spans.shape[1] != builder.flat_dim
+            or spans.strides[1] != spans.itemsize
+            or spans.strides[0] % spans.itemsize
+            or market.start != 0
+            or market.stop != given.start
+            or given.stop != builder.flat_dim
+        ):
+            return None
+        return cls(assemble, builder, window)
+
+    def __call__(self, t: np.ndarray, block: np.ndarray) -> np.ndarray:
+        """Observations at bars ``t`` with portfolio block ``block`` (as ``assemble(t, block)``)."""
+        rows = t - self.lo
+        # Anything unusual, bars outside the data included, goes through the assembler (which
+        # raises its DataError); one unsigned comparison checks both ends, as it does.
+        if (
+            rows.dtype != np.int64
+            or block.dtype != np.float64
+            or block.shape != (t.shape[0], self.block_width)
+            or np.count_nonzero(rows.view(np.uint64) >= self.n_rows)
+        ):
+            return self.assemble(t, block)
+        return _gather_flat(
+            self.flat, self.step, rows, self.window_width, block, self.low, self.high, self.clip
+        )

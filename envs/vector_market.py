@@ -129,6 +129,15 @@ class MarketTradingVectorEnv(VectorEnv):
         self._assemble = self.setup.builder.batch_assembler(
             "market", self.setup.arrays.features, self.setup.arrays.blocks, "portfolio"
         )
+        # The step's observations: with the numba backend and the plain flat layout, one
+        # compiled gather (same values; envs.market_numba.FlatGather), else the assembler.
+        self._step_obs = self._assemble
+        if self.backend == "numba":
+            from envs.market_numba import FlatGather
+
+            gather = FlatGather.build(self._assemble, self.setup.builder, self.setup.params.window)
+            if gather is not None:
+                self._step_obs = gather
 
     # --- public views -------------------------------------------------------------------------
     @property
@@ -216,7 +225,7 @@ class MarketTradingVectorEnv(VectorEnv):
         slots += self._env_slots
         self._equity.reshape(-1)[slots] = state.value
         done = terminated | truncated
-        obs = self._assemble(state.t, block)
+        obs = self._step_obs(state.t, block)
         info = self._info(state, step_cost, exposure)
         if np.count_nonzero(done):
             info["episode"], info["_episode"] = self._episode_info(state, done), done.copy()

@@ -11,7 +11,8 @@ pytest.importorskip("numba")
 
 from envs.data.dataset import MarketDataset
 from envs.errors import ConfigError
-from envs.market_numba import unsupported_reason
+from envs.market_numba import FlatGather, unsupported_reason
+from envs.observation import BlockSpec, ObservationBuilder
 from envs.vector_market import MarketTradingVectorEnv
 
 HOUR_NS = 3600 * 10**9
@@ -61,6 +62,9 @@ def _run_pair(num_envs: int, steps: int, seed: int, **kwargs: Any) -> dict[str, 
     ref = MarketTradingVectorEnv(num_envs, backend="numpy", **kwargs)
     fast = MarketTradingVectorEnv(num_envs, backend="numba", **kwargs)
     assert (ref.backend, fast.backend) == ("numpy", "numba")
+    # Flat observations without predictor blocks go through the compiled gather.
+    plain_flat = kwargs.get("flatten", False) and not kwargs.get("predictor_blocks")
+    assert isinstance(fast._step_obs, FlatGather) == plain_flat
     _assert_same(ref.reset(seed=seed), fast.reset(seed=seed), "reset")
     rng = np.random.default_rng(seed)
     space = ref.action_space
@@ -127,6 +131,7 @@ def test_drawdown_termination_and_no_band() -> None:
         rebalance_band=0.0,
         max_drawdown=0.05,
         allow_short=False,
+        flatten=True,
     )
     assert counts["terminated"] > 0
 
@@ -147,8 +152,77 @@ def test_ruin_terminates_identically() -> None:
         taker_fee=0.01,
         impact_k=5.0,
         rebalance_band=0.0,
+        flatten=True,
     )
     assert counts["terminated"] > 0
+
+
+def test_flat_with_predictor_blocks_uses_the_assembler_and_matches() -> None:
+    data = gbm_dataset(seed=6)
+    signal = np.random.default_rng(6).normal(size=(len(data), 2))
+    counts = _run_pair(
+        6,
+        120,
+        seed=2,
+        dataset=data,
+        features=FEATURES,
+        window=5,
+        episode_length=30,
+        flatten=True,
+        predictor_blocks={"signal": signal},
+    )
+    assert counts["truncated"] > 0
+
+
+def _clipping_assembler(n_bars: int = 40, window: int = 5):
+    rng = np.random.default_rng(8)
+    source = rng.normal(0.0, 2.0, (n_bars, 3)).astype(np.float32)
+    source[7, 1] = np.nan
+    specs = [
+        BlockSpec("market", (window, 3), low=-1.5, high=1.5),
+        BlockSpec("portfolio", (5,), low=-4.0, high=4.0),
+    ]
+    builder = ObservationBuilder(specs, flatten=True, clip=True)
+    return builder, builder.batch_assembler("market", source, {}, "portfolio")
+
+
+# 1e300 does not fit a float32: NumPy's cast warns (and gives inf, as the kernel's cast does).
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_flat_gather_equals_assembler_with_clipping_nan_and_errors() -> None:
+    import pickle
+
+    from envs.errors import DataError
+
+    window = 5
+    builder, assemble = _clipping_assembler(window=window)
+    gather = FlatGather.build(assemble, builder, window)
+    assert gather is not None
+    rng = np.random.default_rng(9)
+    t = np.array([window - 1, 11, 12, 39, 8, 20, 7, 9], dtype=np.int64)
+    block = rng.normal(0.0, 6.0, (t.size, 5))
+    block[0, :] = [np.nan, np.inf, -np.inf, -0.0, 4.0]
+    block[1, :] = [1e300, -1e300, 1e-300, 3.9999999999, -4.0000001]
+    want = assemble(t, block)
+    _assert_same(gather(t, block), want, "gather")
+    assert np.nanmax(np.abs(want)) == 4.0
+    _assert_same(pickle.loads(pickle.dumps(gather))(t, block), want, "pickled gather")
+    # Fresh arrays.
+    got = gather(t, block)
+    got[...] = 7.0
+    _assert_same(gather(t, block), want, "fresh")
+    # Bars outside the data and wrong blocks raise the assembler's errors.
+    with pytest.raises(DataError, match="bars must lie in"):
+        gather(np.array([window - 2, 10], dtype=np.int64), block[:2])
+    with pytest.raises(DataError, match="bars must lie in"):
+        gather(np.array([40, 10], dtype=np.int64), block[:2])
+    with pytest.raises(DataError, match="portfolio"):
+        gather(t, block[:, :-1])
+    # Layouts other than market-then-portfolio, flat, are not handled.
+    dict_builder = ObservationBuilder(builder.blocks, flatten=False, clip=True)
+    dict_assemble = dict_builder.batch_assembler(
+        "market", np.zeros((40, 3), np.float32), {}, "portfolio"
+    )
+    assert FlatGather.build(dict_assemble, dict_builder, window) is None
 
 
 @pytest.mark.parametrize(
