@@ -17,9 +17,12 @@ in the same order, with ``fastmath`` off, so every result is the same IEEE value
 Supported configurations (:func:`unsupported_reason` names the first one that is not): one
 asset, the ``log_return`` reward (exactly :class:`envs.rewards.LogReturnReward`), latency 1.
 Every execution parameter (fees, spread, impact, funding, lot size, minimum notional, rebalance
-band, leverage, shorting) and ``max_drawdown`` are supported. Numba is optional: importing this
-module never imports it; :func:`numba_available` tells whether the kernel can be built.
-``tests/test_market_numba.py`` pins this path to the NumPy core bit for bit.
+band, leverage, shorting) and ``max_drawdown`` are supported. Numba is optional: this module
+imports it when installed (the batched env imports this module only when it chooses a backend)
+and :func:`numba_available` tells whether the kernels can be built.
+:class:`FlatGather` is the compiled counterpart of the batch assembler's flat gather for the
+plain market + portfolio layout. ``tests/test_market_numba.py`` pins both to the NumPy path bit
+for bit.
 """
 
 from __future__ import annotations
