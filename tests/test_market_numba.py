@@ -9,32 +9,20 @@ import pytest
 
 pytest.importorskip("numba")
 
+from test_market_vector import gbm_dataset as _gbm_dataset  # tests/ is on sys.path
+
 from envs.data.dataset import MarketDataset
 from envs.errors import ConfigError
 from envs.market_numba import FlatGather, unsupported_reason
 from envs.observation import BlockSpec, ObservationBuilder
 from envs.vector_market import MarketTradingVectorEnv
 
-HOUR_NS = 3600 * 10**9
 FEATURES = ("logret_1", "logret_4", "rvol_8")
 
 
-def gbm_dataset(
-    n_bars: int = 300, n_assets: int = 1, seed: int = 0, vol: float = 0.01
-) -> MarketDataset:
-    """Small hourly GBM OHLCV dataset, built inline so the tests need no data files."""
-    rng = np.random.default_rng(seed)
-    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, vol, (n_bars, n_assets)), axis=0))
-    open_ = np.vstack([close[:1], close[:-1]]) * np.exp(rng.normal(0, vol / 5, close.shape))
-    high = np.maximum(open_, close) * 1.001
-    low = np.minimum(open_, close) * 0.999
-    volume = rng.lognormal(8.0, 0.3, (n_bars, n_assets))
-    return MarketDataset(
-        timestamps=np.arange(n_bars, dtype=np.int64) * HOUR_NS,
-        symbols=tuple(f"A{i}" for i in range(n_assets)),
-        ohlcv=np.stack([open_, high, low, close, volume], axis=-1),
-        source="<gbm test>",
-    )
+def gbm_dataset(n_bars: int = 300, **kwargs: Any) -> MarketDataset:
+    """test_market_vector's inline GBM dataset, 300 bars by default."""
+    return _gbm_dataset(n_bars=n_bars, **kwargs)
 
 
 def _assert_same(a: Any, b: Any, where: str) -> None:

@@ -28,11 +28,13 @@ HOUR_NS = 3600 * 10**9
 FEATURES = ("logret_1", "logret_4", "rvol_8")
 
 
-def gbm_dataset(n_bars: int = 250, n_assets: int = 1, seed: int = 0) -> MarketDataset:
+def gbm_dataset(
+    n_bars: int = 250, n_assets: int = 1, seed: int = 0, vol: float = 0.01
+) -> MarketDataset:
     """Small hourly GBM OHLCV dataset, built inline so tests need no data files."""
     rng = np.random.default_rng(seed)
-    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, (n_bars, n_assets)), axis=0))
-    open_ = np.vstack([close[:1], close[:-1]]) * np.exp(rng.normal(0, 0.002, (n_bars, n_assets)))
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, vol, (n_bars, n_assets)), axis=0))
+    open_ = np.vstack([close[:1], close[:-1]]) * np.exp(rng.normal(0, vol / 5, close.shape))
     high = np.maximum(open_, close) * 1.001
     low = np.minimum(open_, close) * 0.999
     volume = rng.lognormal(8.0, 0.3, (n_bars, n_assets))

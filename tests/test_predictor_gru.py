@@ -62,10 +62,12 @@ def test_fused_forward_and_gradients_match_nn_gru(batch, steps, n_in, hidden, wi
     torch.testing.assert_close(out_i, out_f, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("grad_steps", [0, 2])
-def test_hand_written_backward_passes_gradcheck(grad_steps):
-    gen = torch.Generator().manual_seed(0)
-    steps, batch, n_in, hidden = 4, 3, 2, 5
+def _float64_gru_args(
+    seed: int, steps: int, batch: int, n_in: int, hidden: int
+) -> tuple[list[torch.Tensor], torch.Generator]:
+    """Random float64 ``gru_sequence`` inputs (x, h0, w_ih, w_hh, b_ih, b_hh), requiring grad,
+    and the generator that drew them (for the test's later draws)."""
+    gen = torch.Generator().manual_seed(seed)
     args = [
         torch.randn(steps, batch, n_in, generator=gen, dtype=torch.float64),
         torch.randn(batch, hidden, generator=gen, dtype=torch.float64),
@@ -74,7 +76,13 @@ def test_hand_written_backward_passes_gradcheck(grad_steps):
         torch.randn(3 * hidden, generator=gen, dtype=torch.float64),
         torch.randn(3 * hidden, generator=gen, dtype=torch.float64),
     ]
-    args = [a.requires_grad_() for a in args]
+    return [a.requires_grad_() for a in args], gen
+
+
+@pytest.mark.parametrize("grad_steps", [0, 2])
+def test_hand_written_backward_passes_gradcheck(grad_steps):
+    steps = 4
+    args, gen = _float64_gru_args(seed=0, steps=steps, batch=3, n_in=2, hidden=5)
     if grad_steps == 0:
         assert torch.autograd.gradcheck(gru_sequence, args)
         return
@@ -153,17 +161,7 @@ def test_workspaces_are_not_shared_between_live_graphs():
 
 @pytest.mark.parametrize("grad_steps", [0, 3])
 def test_last_only_equals_the_last_row_of_the_sequence(grad_steps):
-    gen = torch.Generator().manual_seed(1)
-    steps, batch, n_in, hidden = 6, 3, 2, 4
-    args = [
-        torch.randn(steps, batch, n_in, generator=gen, dtype=torch.float64),
-        torch.randn(batch, hidden, generator=gen, dtype=torch.float64),
-        0.5 * torch.randn(3 * hidden, n_in, generator=gen, dtype=torch.float64),
-        0.5 * torch.randn(3 * hidden, hidden, generator=gen, dtype=torch.float64),
-        torch.randn(3 * hidden, generator=gen, dtype=torch.float64),
-        torch.randn(3 * hidden, generator=gen, dtype=torch.float64),
-    ]
-    args = [a.requires_grad_() for a in args]
+    args, gen = _float64_gru_args(seed=1, steps=6, batch=3, n_in=2, hidden=4)
     last = gru_sequence(*args, grad_steps=grad_steps, last_only=True)
     full = gru_sequence(*args, grad_steps=grad_steps)[-1]
     torch.testing.assert_close(last, full, rtol=0, atol=0)
