@@ -34,6 +34,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.errors import ConfigError
+from envs.execution import discrete_to_target
 from envs.market_core import (
     CoreState,
     initial_state,
@@ -121,10 +122,14 @@ class MarketTradingVectorEnv(VectorEnv):
         # Discrete fast path of MarketSetup.map_actions (see _targets).
         self._discrete_targets = None
         if self.setup.action_mode == "discrete":
-            targets = self.setup.positions
-            if not self.setup.params.execution.allow_short:
-                targets = np.maximum(targets, 0.0)  # as discrete_to_target (elementwise)
-            self._discrete_targets = np.ascontiguousarray(targets, dtype=np.float64)[:, None]
+            # Row k is what discrete_to_target maps action k to (the reference, called once).
+            positions = self.setup.positions
+            self._discrete_targets = np.ascontiguousarray(
+                discrete_to_target(
+                    np.arange(positions.shape[0]), positions, self.setup.params.execution
+                ),
+                dtype=np.float64,
+            )
         # Equals build_batch(observe(...)) but gathers each market window as one contiguous run
         # into the output (the per-bar gather of observe was most of the step's time).
         self._assemble = self.setup.builder.batch_assembler(
