@@ -439,12 +439,9 @@ class FlatGather:
         self.spans = spans
         self.lo = self.window - 1
         self.n_rows = spans.shape[0]
+        # The 1-D source the spans view: row r starts at r * step.
+        self.flat = self.assemble.padded_source
         self.step = spans.strides[0] // spans.itemsize
-        # A 1-D view over exactly the memory the spans address (row r starts at r * step).
-        total = (self.n_rows - 1) * self.step + spans.shape[1]
-        self.flat = np.lib.stride_tricks.as_strided(
-            spans, shape=(total,), strides=(spans.itemsize,), writeable=False
-        )
         self.window_width = self.builder.flat_slices["market"].stop
         self.block_width = spans.shape[1] - self.window_width
         self.clip = bounds is not None
@@ -466,7 +463,8 @@ class FlatGather:
         """A gather for ``assemble`` of ``builder``, or None when the layout is not supported.
 
         Supported: numba importable, flat observations of exactly the blocks ``market`` then
-        ``portfolio``, and an assembler exposing its ``spans`` and ``given_bounds``.
+        ``portfolio``, and an assembler exposing its ``spans``, the ``padded_source`` they view
+        and ``given_bounds``.
         """
         if numba is None or not builder.flatten or builder.block_names != ("market", "portfolio"):
             return None
@@ -475,6 +473,7 @@ class FlatGather:
         given = builder.flat_slices["portfolio"]
         if (
             spans is None
+            or getattr(assemble, "padded_source", None) is None
             or not hasattr(assemble, "given_bounds")
             or spans.dtype != np.float32
             or spans.ndim != 2

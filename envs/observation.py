@@ -505,10 +505,13 @@ class _BatchAssembler:
         # view of the source (no copy), so gathering a window is one contiguous run per row.
         self.windows = np.lib.stride_tricks.sliding_window_view(source, width)[::size]
         self.n_rows = self.windows.shape[0]
-        self.spans = None
+        # ``padded_source`` is the 1-D array ``spans`` views (row r starts at r * row_size);
+        # envs.market_numba.FlatGather reads it directly.
+        self.spans = self.padded_source = None
         if bar.flatten and bar.win_slice.start == 0:
             padded = np.zeros(source.shape[0] + bar.dim - width, dtype=np.float32)
             padded[: source.shape[0]] = source
+            self.padded_source = padded
             self.spans = np.lib.stride_tricks.sliding_window_view(padded, bar.dim)[::size]
         gspec = builder._by_name[bar.given_block]
         self.given_bounds = (np.float32(gspec.low), np.float32(gspec.high)) if clip else None
