@@ -386,14 +386,10 @@ class ExplicitSACUpdate:
         critic_grads = [t for layer in self.critic_grads for t in layer]
         actor_grads = [t for layer in self.actor_grads for t in layer]
         self._critic_adam = FusedAdamStep([(agent.critic_optimizer, critic_params, critic_grads)])
-        self._actor_adam = FusedAdamStep([(agent.actor_optimizer, actor_params, actor_grads)])
-        # log_alpha's step and the actor's in one kernel call (see step()).
-        self._actor_alpha_adam = FusedAdamStep(
-            [
-                (agent.actor_optimizer, actor_params, actor_grads),
-                (agent.alpha_optimizer, [agent.log_alpha], [self.alpha_grad]),
-            ]
-        )
+        actor_entries = [(agent.actor_optimizer, actor_params, actor_grads)]
+        if agent.config.autotune_entropy:  # log_alpha's step and the actor's in one call
+            actor_entries.append((agent.alpha_optimizer, [agent.log_alpha], [self.alpha_grad]))
+        self._actor_adam = FusedAdamStep(actor_entries)
         self._stat_inputs: tuple[torch.Tensor, ...] | None = None
         self._stat_alpha: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
 
@@ -485,9 +481,7 @@ class ExplicitSACUpdate:
         self._attach(self.actor_layers, self.actor_grads)
         if cfg.autotune_entropy:
             log_alpha.grad = self.alpha_grad
-            self._actor_alpha_adam.step()
-        else:
-            self._actor_adam.step()
+        self._actor_adam.step()
         # Statistics are computed from these only when read (logging steps): the tensors are
         # not written again before the next step (q is the critic's workspace output).
         self._stat_inputs = (q, target_q, alpha, log_prob, min_q_pi)
@@ -565,29 +559,27 @@ class ExplicitSACUpdate:
         layers = self.critic_layers
         rows = self._member_rows(is_min)
         if rows is None:
-            grad = grad_out
+            grad_first = grad_out
             for i in range(len(layers) - 1, 0, -1):
-                out = self.workspace.get(f"pi.g{i}", hidden[i - 1].shape, grad)
-                grad = _relu_backward_(_batched_input_grad(grad, layers[i][0], out), hidden[i - 1])
-            obs_dim = self.agent.obs_dim
-            first = layers[0][0][:, obs_dim:, :]  # (K, A, hidden): rows of the action inputs
-            return torch.bmm(grad, first.transpose(1, 2)).sum(0)
-        # The last product (width A) goes back through the all-rows batched matmul: BLAS rounds
-        # its narrow output differently on a row subset, and it is cheap.
-        first_hidden = hidden[0]
-        grad_first = self.workspace.get("pi.g1", first_hidden.shape, grad_out).zero_()
-        for k, idx in enumerate(rows):
-            grad = grad_out[k].index_select(0, idx)  # (n_k, 1)
-            for i in range(len(layers) - 1, 0, -1):
-                weight = layers[i][0][k]  # (in, out)
-                if weight.shape[-1] == 1:
-                    grad = torch.mul(grad, weight.t())  # outer product, see _batched_input_grad
-                else:
-                    grad = torch.mm(grad, weight.t())
-                grad = _relu_backward_(grad, hidden[i - 1][k].index_select(0, idx))
-            grad_first[k].index_copy_(0, idx, grad)
-        obs_dim = self.agent.obs_dim
-        first = layers[0][0][:, obs_dim:, :]  # (K, A, hidden): rows of the action inputs
+                out = self.workspace.get(f"pi.g{i}", hidden[i - 1].shape, grad_first)
+                grad_first = _relu_backward_(
+                    _batched_input_grad(grad_first, layers[i][0], out), hidden[i - 1]
+                )
+        else:
+            grad_first = self.workspace.get("pi.g1", hidden[0].shape, grad_out).zero_()
+            for k, idx in enumerate(rows):
+                grad = grad_out[k].index_select(0, idx)  # (n_k, 1)
+                for i in range(len(layers) - 1, 0, -1):
+                    weight = layers[i][0][k]  # (in, out)
+                    if weight.shape[-1] == 1:
+                        grad = torch.mul(grad, weight.t())  # outer product, see _batched_input_grad
+                    else:
+                        grad = torch.mm(grad, weight.t())
+                    grad = _relu_backward_(grad, hidden[i - 1][k].index_select(0, idx))
+                grad_first[k].index_copy_(0, idx, grad)
+        # The last product (width A) runs on all rows in both cases: BLAS rounds its narrow
+        # output differently on a row subset, and it is cheap.
+        first = layers[0][0][:, self.agent.obs_dim :, :]  # (K, A, hidden): the action inputs
         return torch.bmm(grad_first, first.transpose(1, 2)).sum(0)
 
     @staticmethod
