@@ -270,12 +270,8 @@ class GaussianForecaster(Predictor):
         index = getattr(self, "_anchor_index", None)
         if not index or all(j is None for j in index):  # no anchors: skip the column stacking
             return np.zeros((len(last_raw), len(self.target_names) * len(self.config.horizons)))
-        cols = [
-            last_raw[:, j] if j is not None else np.zeros(len(last_raw))
-            for j in getattr(self, "_anchor_index", [None] * len(self.target_names))
-        ]
-        one_horizon = np.stack(cols, axis=1) if cols else np.zeros((len(last_raw), 0))
-        return np.tile(one_horizon, (1, len(self.config.horizons)))
+        cols = [last_raw[:, j] if j is not None else np.zeros(len(last_raw)) for j in index]
+        return np.tile(np.stack(cols, axis=1), (1, len(self.config.horizons)))
 
     # --- data handling ------------------------------------------------------------------------
     def _validated(self, data: SeriesData, what: str) -> tuple[np.ndarray, np.ndarray]:
