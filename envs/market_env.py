@@ -33,10 +33,14 @@ from envs.metrics import episode_metrics
 from envs.observation import BlockSpec, ObservationBuilder, block_column_names, check_column_blocks
 from envs.rewards import Reward, RewardContext, make_reward
 
-__all__ = ["ACTION_MODES", "MarketSetup", "MarketTradingEnv", "build_market_setup"]
+__all__ = ["ACTION_MODES", "BACKENDS", "MarketSetup", "MarketTradingEnv", "build_market_setup"]
 
 ACTION_MODES = ("discrete", "continuous", "weights")
-_empty = np.empty  # a module global: one lookup per step instead of two
+BACKENDS = ("auto", "python", "numba")
+_empty = np.empty  # module globals: one lookup per step instead of two
+_np_log = np.log
+_F32 = np.float32
+_INT64 = np.int64
 _RESERVED_BLOCKS = ("market", "portfolio")
 
 
@@ -423,6 +427,13 @@ class MarketTradingEnv(gym.Env):
     * ``scaler``: a fitted feature scaler with ``transform``; None fits a ``StandardScaler``
       on this env's data (exposed as ``env.scaler`` to pass to validation/test envs).
     * ``flatten`` (False), ``max_drawdown`` (None), ``render_mode`` (None, "ansi", "rgb_array").
+    * ``backend`` ("auto"): the step's implementation. ``"python"``: the Python-float step of
+      :mod:`envs.market_fast`. ``"numba"``: the compiled step of
+      :mod:`envs.market_numba_single` (one call per step, the same results bit for bit,
+      ``tests/test_market_numba_single.py``); raises :class:`ConfigError` naming the reason
+      when numba is not installed or the setup is one the kernel does not support (more
+      than one asset, a reward other than ``log_return``, latency > 1). ``"auto"``: numba
+      when both hold, else python. The one in use is :attr:`backend`.
 
     ## Version History
 
@@ -431,12 +442,16 @@ class MarketTradingEnv(gym.Env):
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
-    def __init__(self, *, render_mode: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, render_mode: str | None = None, backend: str = "auto", **kwargs: Any
+    ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(
                 f"render_mode must be None or one of {self.metadata['render_modes']}, "
                 f"got {render_mode!r}"
             )
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.render_mode = render_mode
         self.setup = build_market_setup(**kwargs)
         self.action_space = self.setup.action_space
@@ -462,11 +477,81 @@ class MarketTradingEnv(gym.Env):
         # instance-call slot (~40 ns less per call on CPython 3.11).
         self._observe = self._assemble.__call__
         self._one_asset = setup.arrays.n_assets == 1
-        self._scalar: ScalarState | None = None
+        self._py_state: ScalarState | None = None  # the episode state (python backend)
         self._equity: list[float] = []
         self._fills: list[tuple[int, int]] = []  # (bar, +1 buy / -1 sell) for rendering
         self._start = 0
         self._done = False
+        # numba backend: the episode state as one float64 array (envs.market_numba_single
+        # .STATE_FIELDS), the template of the ScalarState fields it does not hold, and the
+        # compiled step with its bound arrays.
+        self._st: np.ndarray | None = None
+        self._template: ScalarState | None = None
+        self._entry: Callable[..., tuple] | None = None
+        self.backend = self._choose_backend(backend)
+        if self.backend == "numba":
+            self._bind_kernel()
+
+    def _choose_backend(self, backend: str) -> str:
+        """``numba`` if asked for (or ``auto``) and the kernel supports the setup, else python."""
+        if backend == "python":
+            return "python"
+        from envs.market_numba import numba_available, unsupported_reason
+
+        if not numba_available():
+            if backend == "numba":
+                raise ConfigError("backend='numba' needs the numba package (pip install numba)")
+            return "python"
+        setup = self.setup
+        reason = unsupported_reason(setup.arrays, setup.params, setup.reward)
+        if reason is not None:
+            if backend == "numba":
+                raise ConfigError(f"backend='numba' does not support {reason}; use 'python'")
+            return "python"
+        return "numba"
+
+    def _bind_kernel(self) -> None:
+        from envs.market_numba_single import SingleKernel
+
+        kernel = SingleKernel(self.setup.arrays, self.setup.params, self._assemble)
+        self._entry = kernel.entry
+        self._k_consts = kernel.consts
+        self._k_bars = kernel.bars
+        self._k_source = kernel.source
+        self._obs_size = kernel.obs_size
+        # Index -> target exposure for int / np.int64 discrete actions (ScalarActions' table).
+        self._by_index = self._actions._by_index
+        self._unpack = SingleKernel.unpack
+        self._pack = SingleKernel.pack
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The compiled entry point does not pickle: it is bound again on load.
+        drop = ("_entry", "_k_consts", "_k_bars", "_k_source", "_unpack", "_pack")
+        return {k: v for k, v in self.__dict__.items() if k not in drop}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._entry = None
+        if self.backend == "numba":
+            from envs.market_numba import numba_available
+
+            if numba_available():
+                self._bind_kernel()
+            else:  # unpickled without numba: continue the episode on the python backend
+                if self._st is not None:
+                    from envs.market_numba_single import SingleKernel
+
+                    self._py_state = SingleKernel.unpack(self._st, self._template)
+                self._st = None
+                self.backend = "python"
+
+    @property
+    def _scalar(self) -> ScalarState | None:
+        """The episode state as a :class:`ScalarState` (numba backend: a fresh snapshot)."""
+        st = self._st
+        if st is not None:
+            return self._unpack(st, self._template)
+        return self._py_state
 
     # --- public views -------------------------------------------------------------------------
     @property
@@ -487,7 +572,8 @@ class MarketTradingEnv(gym.Env):
     @property
     def state(self) -> CoreState | None:
         """A snapshot of the current state as a batched :class:`CoreState` (``B = 1``)."""
-        return None if self._scalar is None else self._core.to_core_state(self._scalar)
+        scalar = self._scalar
+        return None if scalar is None else self._core.to_core_state(scalar)
 
     def action_masks(self) -> np.ndarray:
         """Allowed discrete actions (True = allowed), as sb3-contrib's MaskablePPO expects."""
@@ -511,16 +597,81 @@ class MarketTradingEnv(gym.Env):
             if self.setup.episode_length is not None:
                 end = start + self.setup.episode_length
         self._start = start
-        self._scalar = self._core.initial_state(start, end)
+        scalar = self._core.initial_state(start, end)
+        if self._entry is not None:
+            self._st = self._pack(scalar)
+            self._template = scalar
+        else:
+            self._py_state = scalar
         self._equity = [self.setup.params.initial_cash]
         self._fills = []
         self._done = False
-        block, exposure = self._core.portfolio(self._scalar)
-        return self._observation(block), self._info(self._scalar, exposure, step_cost=0.0)
+        block, exposure = self._core.portfolio(scalar)
+        return self._assemble(start, block), self._info(scalar, exposure, step_cost=0.0)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Fill the order for ``action`` at the next open, mark at the close, return the result."""
-        state = self._scalar
+        entry = self._entry
+        if entry is not None:  # the numba backend
+            st = self._st
+            if st is None or self._done:
+                raise RuntimeError(
+                    "MarketTradingEnv.step called before reset() or after episode end"
+                )
+            if type(action) is _INT64 or type(action) is int:
+                target = self._by_index.get(action)
+                if target is None:
+                    target = self._target_of(action)
+            else:
+                target = self._target_of(action)
+            mode = self.render_mode
+            draws = mode is not None and mode == "rgb_array"
+            if draws:
+                prev_units = float(st[4])
+            obs = _empty(self._obs_size, _F32)
+            position = _empty(1)
+            (
+                ratio,
+                step_cost,
+                terminated,
+                truncated,
+                value,
+                cash,
+                fees,
+                spread,
+                impact,
+                funding,
+                trades,
+                filled,
+            ) = entry(st, self._k_consts, self._k_bars, self._k_source, obs, position, target)
+            # NumPy's log, as ScalarCore applies it (envs.market_numba_single's module doc).
+            reward = float(_np_log(ratio))
+            self._equity.append(value)
+            if draws:
+                self._record_fill(prev_units)
+            info = {
+                "portfolio_value": value,
+                "position": position,
+                "cash": cash,
+                "fees": fees,
+                "spread": spread,
+                "impact": impact,
+                "funding": funding,
+                "trades": trades,
+                "step_cost": step_cost,
+            }
+            if terminated or truncated:
+                self._done = True
+                info["episode"] = episode_metrics(
+                    np.asarray(self._equity),
+                    self.setup.arrays.bars_per_year,
+                    turnover=float(st[15]) / self.setup.params.initial_cash,
+                )
+            if not filled:  # any layout but flat market + portfolio: the assembler
+                values = st.tolist()
+                obs = self._observe(int(values[0]), values[16:21])
+            return obs, reward, terminated, truncated, info
+        state = self._py_state
         if state is None or self._done:
             raise RuntimeError("MarketTradingEnv.step called before reset() or after episode end")
         # Callables kept on the instance are read into locals before the call: CPython 3.11
@@ -554,12 +705,13 @@ class MarketTradingEnv(gym.Env):
 
     def render(self) -> str | np.ndarray | None:
         """``ansi``: one text line per call; ``rgb_array``: price with fills and equity curve."""
-        if self.render_mode is None or self._scalar is None:
+        scalar = self._scalar
+        if self.render_mode is None or scalar is None:
             return None
         if self.render_mode == "ansi":
             return self._render_ansi()
         return _render_rgb(
-            closes=self.setup.arrays.close[self._start : self._scalar.t + 1],
+            closes=self.setup.arrays.close[self._start : scalar.t + 1],
             start=self._start,
             fills=self._fills,
             equity=np.asarray(self._equity),
@@ -567,9 +719,19 @@ class MarketTradingEnv(gym.Env):
         )
 
     # --- helpers ----------------------------------------------------------------------------------
-    def _observation(self, portfolio: list[float]) -> Any:
-        """Market window + predictor rows + portfolio at the decision bar, as fresh arrays."""
-        return self._assemble(self._scalar.t, portfolio)
+    def _target_of(self, action: Any) -> float:
+        """The target exposure of a one-asset ``action`` (the python backend's mapping)."""
+        target = self._map_action(action)
+        if target is None:  # anything unusual goes through the validating NumPy mapping
+            target = self.setup.map_actions(action, 1)[0].tolist()
+        return target[0]
+
+    def _record_fill(self, prev_units: float) -> None:
+        """Rendering (numba backend): a fill marker when the step moved the units."""
+        st = self._st
+        moved = float(st[4]) - prev_units
+        if moved:
+            self._fills.append((int(st[0]), 1 if moved > 0 else -1))
 
     def _info(self, state: ScalarState, exposure: list[float], step_cost: float) -> dict[str, Any]:
         if self._one_asset:

@@ -99,6 +99,123 @@ def _clip(x: float, bound: float) -> float:
 
 
 @_jit
+def _trade_and_mark(
+    price: float,
+    close: float,
+    k_sigma: float,
+    volume: float,
+    cash0: float,
+    u0: float,
+    entry0: float,
+    executed: float,
+    taker_fee: float,
+    half_spread: float,
+    borrow_rate: float,
+    margin_rate: float,
+    lot_size: float,
+    min_notional: float,
+    rebalance_band: float,
+    inv_bars_per_year: float,
+) -> tuple:
+    """One env's sizing, costs, entry price and holding cost for one asset (``N = 1``).
+
+    ``market_core._step`` restated on scalars, operation for operation (see the module doc);
+    shared by the batched kernel and the single env's kernel (:mod:`envs.market_numba_single`).
+    Returns ``(cash, units, entry, held, fee, spread, impact, traded, trade_cost, funding,
+    same_sign, flat, moved)`` with ``cash`` after funding and ``held = units * close``.
+    """
+    # --- size_orders ----------------------------------------------------------------------
+    marked = u0 * price
+    book_value = cash0 + (marked + 0.0)
+    positive = book_value > 0.0
+    tradable = np.isfinite(executed) & positive
+    safe_target = executed if tradable else 0.0
+    # np.maximum(x, 0.0) as a branch: NaN (which compares False) passes through.
+    value_col = 0.0 if book_value < 0.0 else book_value
+    q = safe_target * value_col
+    q /= price
+    q -= u0
+    if lot_size > 0.0:
+        q /= lot_size
+        q = np.trunc(q)
+        q *= lot_size
+    keep = tradable
+    if rebalance_band > 0.0:
+        marked /= book_value if positive else 1.0
+        marked -= safe_target
+        keep = keep & (abs(marked) >= rebalance_band)
+    if min_notional > 0.0:
+        keep = keep & (abs(q) * price >= min_notional)
+    closing = (safe_target == 0.0) & tradable
+    q = q if keep else 0.0
+    q = -u0 if closing else q
+
+    # --- order_costs ----------------------------------------------------------------------
+    size = abs(q)
+    notional = size * price
+    size /= volume
+    size = np.sqrt(size)
+    impact_n = k_sigma * size
+    impact_n *= notional
+    traded = notional
+    fee = taker_fee * traded
+    spread = half_spread * traded
+    trade_cost = fee + spread
+    trade_cost += impact_n
+
+    paid = q * price
+    cash = cash0 - (paid + 0.0)
+    cash -= trade_cost
+    units = u0 + q
+
+    # --- entry price ----------------------------------------------------------------------
+    # np.sign(x) == np.sign(y): both not NaN (NaN's sign equals nothing) and in the same
+    # class of > 0, < 0, == 0. Comparisons combined with & rather than branches: under
+    # random actions every branch here is unpredictable.
+    same_sign = (
+        ((units > 0.0) == (u0 > 0.0))
+        & ((units < 0.0) == (u0 < 0.0))
+        & (units == units)
+        & (u0 == u0)
+    )
+    flat = units == 0.0
+    adding = (abs(units) > abs(u0)) & same_sign
+    averaged = u0 * entry0
+    averaged += paid
+    averaged /= 1.0 if flat else units
+    entry = averaged if adding else entry0
+    entry = entry if same_sign else price
+    entry = 0.0 if flat else entry
+
+    # --- holding_cost ---------------------------------------------------------------------
+    short = 0.0 if units > 0.0 else -units
+    short *= close
+    borrowed = 0.0 if cash > 0.0 else -cash
+    borrowed *= margin_rate
+    funding = borrow_rate * (short + 0.0)
+    funding += borrowed
+    funding *= inv_bars_per_year
+    cash -= funding
+    held = units * close
+    moved = np.int64(q != 0.0)
+    return (
+        cash,
+        units,
+        entry,
+        held,
+        fee,
+        spread,
+        impact_n,
+        traded,
+        trade_cost,
+        funding,
+        same_sign,
+        flat,
+        moved,
+    )
+
+
+@_jit
 def _step_one_asset(
     bars: np.ndarray,
     n_bars: int,
@@ -170,80 +287,38 @@ def _step_one_asset(
         u0 = units_old[i, 0]
         executed = target[i, 0]
 
-        # --- size_orders ----------------------------------------------------------------------
-        marked = u0 * price
-        book_value = cash_old[i] + (marked + 0.0)
-        positive = book_value > 0.0
-        tradable = np.isfinite(executed) & positive
-        safe_target = executed if tradable else 0.0
-        # np.maximum(x, 0.0) as a branch: NaN (which compares False) passes through.
-        value_col = 0.0 if book_value < 0.0 else book_value
-        q = safe_target * value_col
-        q /= price
-        q -= u0
-        if lot_size > 0.0:
-            q /= lot_size
-            q = np.trunc(q)
-            q *= lot_size
-        keep = tradable
-        if rebalance_band > 0.0:
-            marked /= book_value if positive else 1.0
-            marked -= safe_target
-            keep = keep & (abs(marked) >= rebalance_band)
-        if min_notional > 0.0:
-            keep = keep & (abs(q) * price >= min_notional)
-        closing = (safe_target == 0.0) & tradable
-        q = q if keep else 0.0
-        q = -u0 if closing else q
-
-        # --- order_costs ----------------------------------------------------------------------
-        size = abs(q)
-        notional = size * price
-        size /= volume
-        size = np.sqrt(size)
-        impact_n = k_sigma * size
-        impact_n *= notional
-        traded = notional
-        fee = taker_fee * traded
-        spread = half_spread * traded
-        trade_cost = fee + spread
-        trade_cost += impact_n
-
-        paid = q * price
-        cash = cash_old[i] - (paid + 0.0)
-        cash -= trade_cost
-        units = u0 + q
-
-        # --- entry price ----------------------------------------------------------------------
-        # np.sign(x) == np.sign(y): both not NaN (NaN's sign equals nothing) and in the same
-        # class of > 0, < 0, == 0. Comparisons combined with & rather than branches: under
-        # random actions every branch here is unpredictable.
-        same_sign = (
-            ((units > 0.0) == (u0 > 0.0))
-            & ((units < 0.0) == (u0 < 0.0))
-            & (units == units)
-            & (u0 == u0)
+        (
+            cash,
+            units,
+            entry,
+            held,
+            fee,
+            spread,
+            impact_n,
+            traded,
+            trade_cost,
+            funding,
+            same_sign,
+            flat,
+            moved,
+        ) = _trade_and_mark(
+            price,
+            close,
+            k_sigma,
+            volume,
+            cash_old[i],
+            u0,
+            entry_old[i, 0],
+            executed,
+            taker_fee,
+            half_spread,
+            borrow_rate,
+            margin_rate,
+            lot_size,
+            min_notional,
+            rebalance_band,
+            inv_bars_per_year,
         )
-        flat = units == 0.0
-        adding = (abs(units) > abs(u0)) & same_sign
-        averaged = u0 * entry_old[i, 0]
-        averaged += paid
-        averaged /= 1.0 if flat else units
-        entry = averaged if adding else entry_old[i, 0]
-        entry = entry if same_sign else price
-        entry = 0.0 if flat else entry
-
-        # --- holding_cost ---------------------------------------------------------------------
-        short = 0.0 if units > 0.0 else -units
-        short *= close
-        borrowed = 0.0 if cash > 0.0 else -cash
-        borrowed *= margin_rate
-        funding = borrow_rate * (short + 0.0)
-        funding += borrowed
-        funding *= inv_bars_per_year
-        cash -= funding
-
-        held = units * close
         value = cash + (held + 0.0)
         p0 = peak_old[i]
         peak = p0 if (p0 >= value) | (p0 != p0) else value
@@ -255,7 +330,6 @@ def _step_one_asset(
 
         tit = tit_old[i] + 1 if same_sign else 1
         tit = 0 if flat else tit
-        moved = np.int64(q != 0.0)
 
         term = value <= 0.0
         if has_drawdown:

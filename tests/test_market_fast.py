@@ -289,6 +289,10 @@ ENV_CASES = [
     dict(action_mode="continuous", max_leverage=2.0, lot_size=0.5, reward="sortino"),
     dict(action_mode="weights", n_assets=3, flatten=True, reward="drawdown"),
     dict(action_mode="weights", n_assets=2, predictor_blocks="yes", reward=quadratic_cost),
+    # The numba backend (auto where supported): the kernel's flat observation, then Dict.
+    dict(action_mode="discrete", flatten=True, lot_size=0.3, backend="numba"),
+    dict(action_mode="continuous", max_leverage=2.0, max_drawdown=0.2, backend="numba"),
+    dict(action_mode="discrete", flatten=True, backend="python"),
 ]
 
 
@@ -308,6 +312,8 @@ def test_env_step_equals_reference_built_from_step_core(case: dict) -> None:
         forecast = np.random.default_rng(1).normal(size=(len(ds), 2, 3)).astype(np.float32)
         case["predictor_blocks"] = {"forecast": forecast}
     kwargs = dict(dataset=ds, features=FEATURES, window=8, episode_length=30, **case)
+    if case.get("backend") == "numba":
+        pytest.importorskip("numba")
     env = MarketTradingEnv(**kwargs)
     setup = env.setup
     rng = np.random.default_rng(3)

@@ -145,8 +145,12 @@ def test_assembler_shortcuts_raise_and_warn_like_build() -> None:
             assert np.isposinf(portfolio[0]) and not np.any(portfolio[1:])
 
 
-def test_env_info_position_is_a_fresh_float64_array() -> None:
-    env = MarketTradingEnv(dataset=volatile_dataset(), features=FEATURES, window=8)
+@pytest.mark.parametrize("backend", ["python", "numba"])
+def test_env_info_position_is_a_fresh_float64_array(backend: str) -> None:
+    if backend == "numba":
+        pytest.importorskip("numba")
+    env = MarketTradingEnv(dataset=volatile_dataset(), features=FEATURES, window=8, backend=backend)
+    assert env.backend == backend
     _, info = env.reset(seed=0)
     seen = [info["position"]]
     for action in (2, 0, 1, 2):
