@@ -3,7 +3,10 @@
 Run: ``.venv/bin/python bench/envs.py [--steps 20000] [--single-only]``. All envs run on the
 same data length (the shipped ``btc_usd_hourly`` sample, 17,500 bars) with random actions on one
 process; ours use window 32, the default features and costs on (fee, spread, square-root impact,
-funding) and return fresh observation arrays. The batched rows without a label use
+funding) and return fresh observation arrays. The single-env rows name their backend: first
+the default (``backend="auto"``: the compiled step of ``envs/market_numba_single.py`` when numba
+is installed), then the other one (``python``: the Python-float step of ``envs/market_fast.py``);
+both give the same results bit for bit. The batched rows without a label use
 ``backend="numpy"`` (the NumPy core, the reference); rows labelled ``numba`` use the compiled
 kernel of ``envs/market_numba.py`` (same results bit for bit; listed when numba is installed).
 gym-anytrading is measured only when it is importable (``pip install gym-anytrading``; it is not
@@ -36,14 +39,24 @@ EPISODE = 1024
 SHORT_EPISODE = 64
 
 
-def bench_single(dataset, flatten: bool, steps: int, action_mode: str = "discrete") -> float:
-    env = MarketTradingEnv(
+def single_env(
+    dataset, flatten: bool, action_mode: str = "discrete", backend: str = "auto"
+) -> MarketTradingEnv:
+    """The single env of every single-env row (``env.backend`` says which step runs)."""
+    return MarketTradingEnv(
         dataset=dataset,
         window=WINDOW,
         episode_length=EPISODE,
         flatten=flatten,
         action_mode=action_mode,
+        backend=backend,
     )
+
+
+def bench_single(
+    dataset, flatten: bool, steps: int, action_mode: str = "discrete", backend: str = "auto"
+) -> float:
+    env = single_env(dataset, flatten, action_mode, backend)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     if action_mode == "discrete":
@@ -123,12 +136,25 @@ def main() -> None:
     dataset = load_sample("btc_usd_hourly")
     has_numba = numba_available()
     rows: list[tuple[str, float | None, str]] = []
-    single_dict = bench_single(dataset, flatten=False, steps=args.steps)
-    rows.append(("MarketTrading-v0 single, Dict obs", single_dict, "steps/s"))
-    single_flat = bench_single(dataset, flatten=True, steps=args.steps)
-    rows.append(("MarketTrading-v0 single, flat obs", single_flat, "steps/s"))
-    single_cont = bench_single(dataset, flatten=True, steps=args.steps, action_mode="continuous")
-    rows.append(("MarketTrading-v0 single, continuous, flat", single_cont, "steps/s"))
+    # The default backend (what MarketTradingEnv picks), then the other one, labelled.
+    default = single_env(dataset, flatten=True).backend
+    other = "python" if default == "numba" else "numba"
+    single_backends = [("auto", default)] + ([(other, other)] if has_numba else [])
+    single_flat = single_flat_other = 0.0
+    for backend, name in single_backends:
+        bench_single(dataset, flatten=True, steps=100, backend=backend)  # JIT / cache load
+        rate = bench_single(dataset, flatten=False, steps=args.steps, backend=backend)
+        rows.append((f"MarketTrading-v0 single, Dict obs ({name})", rate, "steps/s"))
+        rate = bench_single(dataset, flatten=True, steps=args.steps, backend=backend)
+        rows.append((f"MarketTrading-v0 single, flat obs ({name})", rate, "steps/s"))
+        if backend == "auto":
+            single_flat = rate
+        else:
+            single_flat_other = rate
+        rate = bench_single(
+            dataset, flatten=True, steps=args.steps, action_mode="continuous", backend=backend
+        )
+        rows.append((f"MarketTrading-v0 single, continuous, flat ({name})", rate, "steps/s"))
     if not args.single_only:
         for n in (1, 64, 1024, 4096):
             rate = bench_vector(dataset, n, env_steps=10 * args.steps)
@@ -173,7 +199,9 @@ def main() -> None:
             and name.endswith(", numba") == (backend == "numba")
         ]
         if vec:
-            print(f"batched best ({backend}) / single flat: {max(vec) / single_flat:.1f}x")
+            print(
+                f"batched best ({backend}) / single flat ({default}): {max(vec) / single_flat:.1f}x"
+            )
     if not args.single_only:
         # Issue 3's goal (batched >= 20x the single env's steps/s on one core), measured
         # load-robustly as below: short alternating runs (single, then each backend), median
@@ -190,22 +218,34 @@ def main() -> None:
             got = ratios[backend]
             shown = " ".join(f"{r:.1f}" for r in got)
             print(
-                f"interleaved x1024 ({backend}) / single flat: median {np.median(got):.1f}x "
-                f"({shown})"
+                f"interleaved x1024 ({backend}) / single flat ({default}): median "
+                f"{np.median(got):.1f}x ({shown})"
             )
+    if single_flat_other:
+        print(f"single flat {default} / {other}: {single_flat / single_flat_other:.2f}x")
     if any_rate is not None:
-        print(f"single flat / gym-anytrading: {single_flat / any_rate:.2f}x")
-        # On a shared machine the load changes between rows; alternating short runs of the two
-        # envs and taking the median ratio compares them under (nearly) the same load.
-        ratios = []
+        print(f"single flat ({default}) / gym-anytrading: {single_flat / any_rate:.2f}x")
+        # On a shared machine the load changes between rows; alternating short runs of the
+        # envs (ours on each backend, then gym-anytrading) and taking medians compares them
+        # under (nearly) the same load.
+        per_step: dict[str, list[float]] = {name: [] for _, name in single_backends}
+        per_step["gym-anytrading"] = []
         for _ in range(args.rounds):
-            ours = bench_single(dataset, flatten=True, steps=args.steps // 4)
-            theirs = bench_anytrading(dataset, args.steps // 4)
-            ratios.append(ours / theirs)
-        shown = " ".join(f"{r:.2f}" for r in ratios)
-        print(
-            f"interleaved single flat / gym-anytrading: median {np.median(ratios):.2f}x ({shown})"
-        )
+            for backend, name in single_backends:
+                rate = bench_single(dataset, flatten=True, steps=args.steps // 4, backend=backend)
+                per_step[name].append(1e6 / rate)
+            per_step["gym-anytrading"].append(1e6 / bench_anytrading(dataset, args.steps // 4))
+        theirs = np.asarray(per_step["gym-anytrading"])
+        for name, got in per_step.items():
+            shown = " ".join(f"{x:.2f}" for x in got)
+            print(f"interleaved us/step, {name}: median {np.median(got):.2f} ({shown})")
+        for _, name in single_backends:
+            ratios = theirs / np.asarray(per_step[name])
+            shown = " ".join(f"{r:.2f}" for r in ratios)
+            print(
+                f"interleaved single flat ({name}) / gym-anytrading: median "
+                f"{np.median(ratios):.2f}x ({shown})"
+            )
 
 
 if __name__ == "__main__":

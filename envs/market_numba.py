@@ -22,7 +22,10 @@ imports it when installed (the batched env imports this module only when it choo
 and :func:`numba_available` tells whether the kernels can be built.
 :class:`FlatGather` is the compiled counterpart of the batch assembler's flat gather for the
 plain market + portfolio layout. ``tests/test_market_numba.py`` pins both to the NumPy path bit
-for bit.
+for bit. :func:`single_step` is the single env's step on a state array (same scope; its
+Python side and bit-identity notes are :mod:`envs.market_numba_single`; pinned to the python
+backend by ``tests/test_market_numba_single.py``); it shares :func:`_trade_and_mark` with the
+batched kernel.
 """
 
 from __future__ import annotations
@@ -43,7 +46,17 @@ from envs.market_core import (
 from envs.observation import ObservationBuilder
 from envs.rewards import LogReturnReward, Reward
 
-__all__ = ["FlatGather", "numba_available", "step_and_portfolio_numba", "unsupported_reason"]
+__all__ = [
+    "SINGLE_BLOCK",
+    "SINGLE_CONSTS",
+    "SINGLE_STATE_FIELDS",
+    "SINGLE_STATE_SIZE",
+    "FlatGather",
+    "numba_available",
+    "single_step",
+    "step_and_portfolio_numba",
+    "unsupported_reason",
+]
 
 try:  # optional dependency: without it the batched env uses the NumPy core
     import numba
@@ -457,6 +470,234 @@ def step_and_portfolio_numba(
         trades=ints[4],
     )
     return new_state, out, block, floats[12][:, None]
+
+
+# --- the single env's kernel (envs.market_numba_single.SingleKernel calls it) -------------------
+# It lives in this file with _trade_and_mark and its layout constants because numba's on-disk
+# cache is invalidated only by changes to the file defining the cached function, and it freezes
+# global constants at compile time ("Cache limitations" in numba's caching notes): a kernel in
+# another file would keep running a stale copy of edited code here.
+
+# Layout of the single env's state array: the ScalarState fields of a one-asset, latency-1
+# episode (integers as float64, exact below 2**53), then the portfolio block of the current
+# state (written by the kernel; read by Python only for observation layouts other than the flat
+# market + portfolio one the kernel fills itself).
+SINGLE_STATE_FIELDS = (
+    "t",
+    "end",
+    "steps",
+    "cash",
+    "units",
+    "entry_price",
+    "value",
+    "peak",
+    "time_in_trade",
+    "last_target",
+    "fees",
+    "spread",
+    "impact",
+    "funding",
+    "trades",
+    "traded_notional",
+)
+(
+    _T,
+    _END,
+    _STEPS,
+    _CASH,
+    _UNITS,
+    _ENTRY,
+    _VALUE,
+    _PEAK,
+    _TIT,
+    _LAST,
+    _FEES,
+    _SPREAD,
+    _IMPACT,
+    _FUNDING,
+    _TRADES,
+    _NOTIONAL,
+) = range(len(SINGLE_STATE_FIELDS))
+_B0 = len(SINGLE_STATE_FIELDS)
+SINGLE_BLOCK = slice(_B0, _B0 + 5)
+SINGLE_STATE_SIZE = _B0 + 5
+# Layout of the single kernel's constants array (float64).
+SINGLE_CONSTS = (
+    "last_bar",
+    "taker_fee",
+    "half_spread",
+    "borrow_rate",
+    "margin_rate",
+    "lot_size",
+    "min_notional",
+    "rebalance_band",
+    "per_bar",
+    "has_drawdown",
+    "drawdown_keep",
+    "window",
+    "lo",
+    "n_short",
+    "given0",
+    "span_step",
+)
+(
+    _C_LAST_BAR,
+    _C_TAKER,
+    _C_HALF_SPREAD,
+    _C_BORROW,
+    _C_MARGIN,
+    _C_LOT,
+    _C_MIN_NOTIONAL,
+    _C_BAND,
+    _C_PER_BAR,
+    _C_HAS_DD,
+    _C_DD_KEEP,
+    _C_WINDOW,
+    _C_LO,
+    _C_N_SHORT,
+    _C_GIVEN0,
+    _C_SPAN_STEP,
+) = range(len(SINGLE_CONSTS))
+
+
+@_jit
+def single_step(
+    st: np.ndarray,
+    consts: np.ndarray,
+    bars: np.ndarray,
+    source: np.ndarray,
+    obs: np.ndarray,
+    position: np.ndarray,
+    target: float,
+) -> tuple:
+    """One step of one single-env episode; ``st`` is updated in place (:data:`SINGLE_STATE_FIELDS`).
+
+    :meth:`envs.market_numba_single.SingleKernel` prepares the arguments and documents the
+    bit-identity with :meth:`envs.market_fast.ScalarCore._step_one`.
+
+    ``bars[s]`` holds open and close of bar ``s`` and ``impact_k * sigma`` and volume of bar
+    ``s - 1`` (:func:`envs.market_core.step_tables`). ``obs`` receives the flat observation
+    (span ``r`` of the assembler, ``source[r * step : r * step + given0]``, then the block)
+    when the layout allows (``n_short > 0``) and the bar has a full span; the last value
+    returned says whether it did. ``position[0]`` receives the unclipped exposure.
+    """
+    s = np.int64(st[_T]) + 1
+    last_bar = np.int64(consts[_C_LAST_BAR])
+    if s > last_bar:
+        s = last_bar
+    price = bars[s, 0]
+    close = bars[s, 1]
+    prev_value = st[_VALUE]
+    prev_peak = st[_PEAK]
+    (
+        cash,
+        units,
+        entry,
+        held,
+        fee,
+        spread,
+        impact,
+        traded,
+        trade_cost,
+        funding,
+        same_sign,
+        flat,
+        moved,
+    ) = _trade_and_mark(
+        price,
+        close,
+        bars[s, 2],
+        bars[s, 3],
+        st[_CASH],
+        st[_UNITS],
+        st[_ENTRY],
+        target,
+        consts[_C_TAKER],
+        consts[_C_HALF_SPREAD],
+        consts[_C_BORROW],
+        consts[_C_MARGIN],
+        consts[_C_LOT],
+        consts[_C_MIN_NOTIONAL],
+        consts[_C_BAND],
+        consts[_C_PER_BAR],
+    )
+    # From here on as ScalarCore._step_one writes it (see the module doc).
+    value = cash + held
+    peak = value if prev_peak < value else prev_peak
+    ratio = value / prev_value
+    ratio = _RUIN_RATIO_FLOOR if ratio < _RUIN_RATIO_FLOOR else ratio
+    cost = trade_cost + funding
+    tit = 0.0
+    if not flat:
+        tit = st[_TIT] + 1.0 if same_sign else 1.0
+    terminated = value <= 0.0
+    if consts[_C_HAS_DD] != 0.0:
+        terminated = terminated or value < peak * consts[_C_DD_KEEP]
+    truncated = s >= st[_END] and not terminated
+
+    st[_T] = s
+    st[_STEPS] += 1.0
+    st[_CASH] = cash
+    st[_UNITS] = units
+    st[_ENTRY] = entry
+    st[_VALUE] = value
+    st[_PEAK] = peak
+    st[_TIT] = tit
+    st[_LAST] = target
+    fees = st[_FEES] + fee
+    st[_FEES] = fees
+    spreads = st[_SPREAD] + spread
+    st[_SPREAD] = spreads
+    impacts = st[_IMPACT] + impact
+    st[_IMPACT] = impacts
+    fundings = st[_FUNDING] + funding
+    st[_FUNDING] = fundings
+    trades = st[_TRADES] + moved
+    st[_TRADES] = trades
+    st[_NOTIONAL] += traded
+
+    # portfolio_block at the new bar (value floored away from 0), clipped as np.clip.
+    safe = value if abs(value) > 1e-12 else 1e-12
+    exposure = held / safe
+    position[0] = exposure
+    b0 = _clip(exposure, PORTFOLIO_CLIP)
+    b1 = _clip(cash / safe, PORTFOLIO_CLIP)
+    b2 = _clip(units * (close - entry) / safe, PORTFOLIO_CLIP)
+    b3 = _clip(tit / (tit + consts[_C_WINDOW]), PORTFOLIO_CLIP)
+    b4 = _clip(target, PORTFOLIO_CLIP)
+    st[_B0] = b0
+    st[_B0 + 1] = b1
+    st[_B0 + 2] = b2
+    st[_B0 + 3] = b3
+    st[_B0 + 4] = b4
+
+    r = s - np.int64(consts[_C_LO])
+    filled = 0 <= r < np.int64(consts[_C_N_SHORT])
+    if filled:
+        g = np.int64(consts[_C_GIVEN0])
+        # Two contiguous 1-D runs: LLVM vectorises the copy.
+        src = source[r * np.int64(consts[_C_SPAN_STEP]) :]
+        for j in range(g):
+            obs[j] = src[j]
+        obs[g] = np.float32(b0)
+        obs[g + 1] = np.float32(b1)
+        obs[g + 2] = np.float32(b2)
+        obs[g + 3] = np.float32(b3)
+        obs[g + 4] = np.float32(b4)
+    return (
+        ratio,
+        cost,
+        terminated,
+        truncated,
+        value,
+        cash,
+        fees,
+        spreads,
+        impacts,
+        fundings,
+        np.int64(trades),
+        filled,
+    )
 
 
 @_jit

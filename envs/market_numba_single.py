@@ -4,10 +4,13 @@ The Python-float step (:meth:`envs.market_fast.ScalarCore._step_one`) costs ~1.6
 it interpreter overhead; the observation copy, the info dict and the call chain around it
 cost about as much again. :class:`SingleKernel` keeps the episode state in one float64 array
 (:data:`STATE_FIELDS`) owned by the env during the episode, and one compiled call per step
-does the sizing, costs, holding cost and marking (the arithmetic shared with the batched
-kernel: :func:`envs.market_numba._trade_and_mark`), updates the state array in place, writes
-the portfolio block into the fresh flat observation (copying the market window from the
-assembler's ``spans``) and returns the few scalars Python needs.
+(:func:`envs.market_numba.single_step`) does the sizing, costs, holding cost and marking (the
+arithmetic shared with the batched kernel: ``envs.market_numba._trade_and_mark``), updates
+the state array in place, writes the portfolio block into the fresh flat observation
+(copying the market window from the assembler's ``spans``) and the exposure into a fresh
+``(1,)`` array, and returns the few scalars Python needs. The kernel is defined in
+:mod:`envs.market_numba`, next to the arithmetic it shares: numba's disk cache notices edits
+only in the file that defines a cached function.
 
 Bit-identity with the Python path (``tests/test_market_numba_single.py`` compares every
 step's observation bytes, reward, flags, info values, episode metrics and final state):
@@ -26,9 +29,10 @@ step's observation bytes, reward, flags, info values, episode metrics and final 
 
 The compiled function is called through its entry point for the fixed argument types
 (``Dispatcher.compile(signature)`` returns it): the dispatcher's per-call type resolution
-of four array arguments costs more than the step's arithmetic (measured ~660 vs ~250 ns per
-call on a toy kernel). The types are read from the very objects passed each step, and every
-array passed is created here or by the env with those types.
+of several array arguments costs more than the step's arithmetic (measured ~660 vs ~250 ns
+per call on a toy kernel with three arrays; the step's own arithmetic is ~110 ns). The types
+are read from the very objects passed each step, and every array passed is created here or
+by the env with those types (the entry point does not check them).
 """
 
 from __future__ import annotations
@@ -38,214 +42,22 @@ from typing import Any
 
 import numpy as np
 
-from envs.market_core import _RUIN_RATIO_FLOOR, PORTFOLIO_CLIP, CoreParams, MarketArrays
+from envs.market_core import CoreParams, MarketArrays
 from envs.market_core import step_tables as _step_tables
 from envs.market_fast import ScalarState
-from envs.market_numba import _clip, _jit, _trade_and_mark, numba
+from envs.market_numba import (
+    SINGLE_CONSTS,
+    SINGLE_STATE_FIELDS,
+    SINGLE_STATE_SIZE,
+    numba,
+    single_step,
+)
 
 __all__ = ["STATE_FIELDS", "SingleKernel"]
 
-# Layout of the state array: the ScalarState fields of a one-asset, latency-1 episode, then
-# the portfolio block of the current state (written by the kernel; read by Python only when
-# the observation is not the flat market + portfolio layout the kernel fills itself).
-STATE_FIELDS = (
-    "t",
-    "end",
-    "steps",
-    "cash",
-    "units",
-    "entry_price",
-    "value",
-    "peak",
-    "time_in_trade",
-    "last_target",
-    "fees",
-    "spread",
-    "impact",
-    "funding",
-    "trades",
-    "traded_notional",
-)
-(
-    _T,
-    _END,
-    _STEPS,
-    _CASH,
-    _UNITS,
-    _ENTRY,
-    _VALUE,
-    _PEAK,
-    _TIT,
-    _LAST,
-    _FEES,
-    _SPREAD,
-    _IMPACT,
-    _FUNDING,
-    _TRADES,
-    _NOTIONAL,
-) = range(len(STATE_FIELDS))
-_B0 = len(STATE_FIELDS)
-BLOCK = slice(_B0, _B0 + 5)
-_STATE_SIZE = len(STATE_FIELDS) + 5
+STATE_FIELDS = SINGLE_STATE_FIELDS
 _INT_FIELDS = frozenset({"t", "end", "steps", "time_in_trade", "trades"})
 _LIST_FIELDS = frozenset({"units", "entry_price", "last_target"})
-
-# Layout of the constants array.
-(
-    _C_LAST_BAR,
-    _C_TAKER,
-    _C_HALF_SPREAD,
-    _C_BORROW,
-    _C_MARGIN,
-    _C_LOT,
-    _C_MIN_NOTIONAL,
-    _C_BAND,
-    _C_PER_BAR,
-    _C_HAS_DD,
-    _C_DD_KEEP,
-    _C_WINDOW,
-    _C_LO,
-    _C_N_SHORT,
-    _C_GIVEN0,
-    _C_SPAN_STEP,
-) = range(16)
-
-
-@_jit
-def _single_step(
-    st: np.ndarray,
-    consts: np.ndarray,
-    bars: np.ndarray,
-    source: np.ndarray,
-    obs: np.ndarray,
-    position: np.ndarray,
-    target: float,
-) -> tuple:
-    """One step of one episode; ``st`` is updated in place (layout :data:`STATE_FIELDS`).
-
-    ``bars[s]`` holds open and close of bar ``s`` and ``impact_k * sigma`` and volume of bar
-    ``s - 1`` (:func:`envs.market_core.step_tables`). ``obs`` receives the flat observation
-    (span ``r`` of the assembler, ``source[r * step : r * step + given0]``, then the block)
-    when the layout allows (``n_short > 0``) and the bar has a full span; the last value
-    returned says whether it did. ``position[0]`` receives the unclipped exposure.
-    """
-    s = np.int64(st[_T]) + 1
-    last_bar = np.int64(consts[_C_LAST_BAR])
-    if s > last_bar:
-        s = last_bar
-    price = bars[s, 0]
-    close = bars[s, 1]
-    prev_value = st[_VALUE]
-    prev_peak = st[_PEAK]
-    (
-        cash,
-        units,
-        entry,
-        held,
-        fee,
-        spread,
-        impact,
-        traded,
-        trade_cost,
-        funding,
-        same_sign,
-        flat,
-        moved,
-    ) = _trade_and_mark(
-        price,
-        close,
-        bars[s, 2],
-        bars[s, 3],
-        st[_CASH],
-        st[_UNITS],
-        st[_ENTRY],
-        target,
-        consts[_C_TAKER],
-        consts[_C_HALF_SPREAD],
-        consts[_C_BORROW],
-        consts[_C_MARGIN],
-        consts[_C_LOT],
-        consts[_C_MIN_NOTIONAL],
-        consts[_C_BAND],
-        consts[_C_PER_BAR],
-    )
-    # From here on as ScalarCore._step_one writes it (see the module doc).
-    value = cash + held
-    peak = value if prev_peak < value else prev_peak
-    ratio = value / prev_value
-    ratio = _RUIN_RATIO_FLOOR if ratio < _RUIN_RATIO_FLOOR else ratio
-    cost = trade_cost + funding
-    tit = 0.0
-    if not flat:
-        tit = st[_TIT] + 1.0 if same_sign else 1.0
-    terminated = value <= 0.0
-    if consts[_C_HAS_DD] != 0.0:
-        terminated = terminated or value < peak * consts[_C_DD_KEEP]
-    truncated = s >= st[_END] and not terminated
-
-    st[_T] = s
-    st[_STEPS] += 1.0
-    st[_CASH] = cash
-    st[_UNITS] = units
-    st[_ENTRY] = entry
-    st[_VALUE] = value
-    st[_PEAK] = peak
-    st[_TIT] = tit
-    st[_LAST] = target
-    fees = st[_FEES] + fee
-    st[_FEES] = fees
-    spreads = st[_SPREAD] + spread
-    st[_SPREAD] = spreads
-    impacts = st[_IMPACT] + impact
-    st[_IMPACT] = impacts
-    fundings = st[_FUNDING] + funding
-    st[_FUNDING] = fundings
-    trades = st[_TRADES] + moved
-    st[_TRADES] = trades
-    st[_NOTIONAL] += traded
-
-    # portfolio_block at the new bar (value floored away from 0), clipped as np.clip.
-    safe = value if abs(value) > 1e-12 else 1e-12
-    exposure = held / safe
-    position[0] = exposure
-    b0 = _clip(exposure, PORTFOLIO_CLIP)
-    b1 = _clip(cash / safe, PORTFOLIO_CLIP)
-    b2 = _clip(units * (close - entry) / safe, PORTFOLIO_CLIP)
-    b3 = _clip(tit / (tit + consts[_C_WINDOW]), PORTFOLIO_CLIP)
-    b4 = _clip(target, PORTFOLIO_CLIP)
-    st[_B0] = b0
-    st[_B0 + 1] = b1
-    st[_B0 + 2] = b2
-    st[_B0 + 3] = b3
-    st[_B0 + 4] = b4
-
-    r = s - np.int64(consts[_C_LO])
-    filled = 0 <= r < np.int64(consts[_C_N_SHORT])
-    if filled:
-        g = np.int64(consts[_C_GIVEN0])
-        # Two contiguous 1-D runs: LLVM vectorises the copy.
-        src = source[r * np.int64(consts[_C_SPAN_STEP]) :]
-        for j in range(g):
-            obs[j] = src[j]
-        obs[g] = np.float32(b0)
-        obs[g + 1] = np.float32(b1)
-        obs[g + 2] = np.float32(b2)
-        obs[g + 3] = np.float32(b3)
-        obs[g + 4] = np.float32(b4)
-    return (
-        ratio,
-        cost,
-        terminated,
-        truncated,
-        value,
-        cash,
-        fees,
-        spreads,
-        impacts,
-        fundings,
-        np.int64(trades),
-        filled,
-    )
 
 
 class SingleKernel:
@@ -316,29 +128,27 @@ class SingleKernel:
             source.flags.writeable = False
         self.obs_size = given0 + 5 if n_short else 0
         self.source = source
-        self.consts = np.array(
-            [
-                arrays.n_bars - 1,
-                cfg.taker_fee,
-                cfg.half_spread,
-                cfg.borrow_rate,
-                cfg.margin_rate,
-                cfg.lot_size,
-                cfg.min_notional,
-                cfg.rebalance_band,
-                1.0 / arrays.bars_per_year,
-                0.0 if md is None else 1.0,
-                1.0 if md is None else 1.0 - md,
-                params.window,
-                params.window - 1,
-                n_short,
-                given0,
-                span_step,
-            ],
-            dtype=np.float64,
-        )
+        consts = {
+            "last_bar": arrays.n_bars - 1,
+            "taker_fee": cfg.taker_fee,
+            "half_spread": cfg.half_spread,
+            "borrow_rate": cfg.borrow_rate,
+            "margin_rate": cfg.margin_rate,
+            "lot_size": cfg.lot_size,
+            "min_notional": cfg.min_notional,
+            "rebalance_band": cfg.rebalance_band,
+            "per_bar": 1.0 / arrays.bars_per_year,  # as holding_cost and _step_one compute it
+            "has_drawdown": 0.0 if md is None else 1.0,
+            "drawdown_keep": 1.0 if md is None else 1.0 - md,
+            "window": params.window,
+            "lo": params.window - 1,
+            "n_short": n_short,
+            "given0": given0,
+            "span_step": span_step,
+        }
+        self.consts = np.array([consts[name] for name in SINGLE_CONSTS], dtype=np.float64)
         example = (
-            np.zeros(_STATE_SIZE),
+            np.zeros(SINGLE_STATE_SIZE),
             self.consts,
             self.bars,
             self.source,
@@ -346,7 +156,7 @@ class SingleKernel:
             np.empty(1),
             0.0,
         )
-        self.entry: Callable[..., tuple] = _single_step.compile(
+        self.entry: Callable[..., tuple] = single_step.compile(
             tuple(numba.typeof(x) for x in example)
         )
 
@@ -361,7 +171,7 @@ class SingleKernel:
     @staticmethod
     def pack(state: ScalarState) -> np.ndarray:
         """A state array (:data:`STATE_FIELDS`) holding ``state`` (one asset, latency 1)."""
-        out = np.zeros(_STATE_SIZE)
+        out = np.zeros(SINGLE_STATE_SIZE)
         for k, name in enumerate(STATE_FIELDS):
             value = getattr(state, name)
             out[k] = value[0] if name in _LIST_FIELDS else value
