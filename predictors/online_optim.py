@@ -62,6 +62,8 @@ class FlatAdam:
         self._denom: torch.Tensor | None = None
         self._update: torch.Tensor | None = None
         self._update_views: list[torch.Tensor] | None = None
+        self._grad: torch.Tensor | None = None
+        self._grad_views: list[torch.Tensor] | None = None
 
     def zero_grad(self) -> None:
         """Drop the gradients (autograd allocates fresh ones on the next backward)."""
@@ -74,11 +76,23 @@ class FlatAdam:
 
         A parameter without a gradient (not reached by the loss) counts as a zero gradient.
         """
-        grads = [
-            p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
-            for p in self.params
-        ]
-        g = torch.cat(grads)
+        grads = [p.grad for p in self.params]
+        if all(grad is not None for grad in grads):
+            # One foreach copy into a flat buffer kept between steps: the same vector as
+            # concatenating the flattened gradients, without a view per parameter (issue 6).
+            if self._grad_views is None:
+                self._grad = torch.empty_like(self.exp_avg)
+                chunks = self._grad.split(self.sizes)
+                self._grad_views = [c.view_as(p) for c, p in zip(chunks, self.params, strict=True)]
+            torch._foreach_copy_(self._grad_views, grads)
+            g = self._grad
+        else:
+            g = torch.cat(
+                [
+                    grad.reshape(-1) if grad is not None else p.new_zeros(p.numel())
+                    for grad, p in zip(grads, self.params, strict=True)
+                ]
+            )
         norm = float(torch.linalg.vector_norm(g))
         if self.max_grad_norm > 0:
             coef = clip_coefficient(self.max_grad_norm, norm)
@@ -107,7 +121,7 @@ class FlatAdam:
         # Copies rebuild the scratch buffers and views on their first step (a deep copy's
         # views would otherwise depend on how the copy treats aliasing).
         state = dict(self.__dict__)
-        state.update(_denom=None, _update=None, _update_views=None)
+        state.update(_denom=None, _update=None, _update_views=None, _grad=None, _grad_views=None)
         return state
 
     # --- persistence -------------------------------------------------------------------------
