@@ -41,6 +41,10 @@ _empty = np.empty  # module globals: one lookup per step instead of two
 _np_log = np.log
 _F32 = np.float32
 _INT64 = np.int64
+# Where the numba backend's state array holds the bar, the units, the traded notional and the
+# portfolio block (envs.market_numba.SINGLE_STATE_FIELDS; tests/test_market_numba_single.py pins
+# these): module constants, so importing this module does not import numba.
+_ST_T, _ST_UNITS, _ST_NOTIONAL, _ST_BLOCK = 0, 4, 15, slice(16, 21)
 _RESERVED_BLOCKS = ("market", "portfolio")
 
 
@@ -483,11 +487,14 @@ class MarketTradingEnv(gym.Env):
         self._start = 0
         self._done = False
         # numba backend: the episode state as one float64 array (envs.market_numba_single
-        # .STATE_FIELDS), the template of the ScalarState fields it does not hold, and the
-        # compiled step with its bound arrays.
+        # .STATE_FIELDS), the template of the ScalarState fields it does not hold, the compiled
+        # step, and (during an episode) everything step reads, in one tuple: one attribute
+        # load and an unpack instead of seven attribute loads per step.
         self._st: np.ndarray | None = None
         self._template: ScalarState | None = None
+        self._kernel: Any = None
         self._entry: Callable[..., tuple] | None = None
+        self._fast: tuple | None = None
         self.backend = self._choose_backend(backend)
         if self.backend == "numba":
             self._bind_kernel()
@@ -513,30 +520,43 @@ class MarketTradingEnv(gym.Env):
     def _bind_kernel(self) -> None:
         from envs.market_numba_single import SingleKernel
 
-        kernel = SingleKernel(self.setup.arrays, self.setup.params, self._assemble)
-        self._entry = kernel.entry
-        self._k_consts = kernel.consts
-        self._k_bars = kernel.bars
-        self._k_source = kernel.source
-        self._obs_size = kernel.obs_size
-        # Index -> target exposure for int / np.int64 discrete actions (ScalarActions' table).
-        self._by_index = self._actions._by_index
+        self._kernel = SingleKernel(self.setup.arrays, self.setup.params, self._assemble)
+        self._entry = self._kernel.entry
         self._unpack = SingleKernel.unpack
         self._pack = SingleKernel.pack
 
+    def _bind_episode(self) -> None:
+        """The tuple the numba step reads (the state array and the equity list are per episode)."""
+        kernel = self._kernel
+        self._fast = (
+            self._entry,
+            self._st,
+            kernel.tables,
+            kernel.source,
+            kernel.obs_size,
+            # Index -> target exposure for int / np.int64 discrete actions (ScalarActions'),
+            # and the mapping of anything else (a list, or None for the NumPy path).
+            self._actions._by_index,
+            self._map_action,
+            self._equity.append,
+        )
+
     def __getstate__(self) -> dict[str, Any]:
-        # The compiled entry point does not pickle: it is bound again on load.
-        drop = ("_entry", "_k_consts", "_k_bars", "_k_source", "_unpack", "_pack")
+        # The compiled kernel does not pickle: it is built again on load (from the numba
+        # cache), or the episode continues on the python backend where numba is missing.
+        drop = ("_kernel", "_entry", "_fast", "_unpack", "_pack")
         return {k: v for k, v in self.__dict__.items() if k not in drop}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._entry = None
+        self._kernel = self._entry = self._fast = None
         if self.backend == "numba":
             from envs.market_numba import numba_available
 
             if numba_available():
                 self._bind_kernel()
+                if self._st is not None:
+                    self._bind_episode()
             else:  # unpickled without numba: continue the episode on the python backend
                 if self._st is not None:
                     from envs.market_numba_single import SingleKernel
@@ -598,37 +618,37 @@ class MarketTradingEnv(gym.Env):
                 end = start + self.setup.episode_length
         self._start = start
         scalar = self._core.initial_state(start, end)
-        if self._entry is not None:
-            self._st = self._pack(scalar)
-            self._template = scalar
-        else:
-            self._py_state = scalar
         self._equity = [self.setup.params.initial_cash]
         self._fills = []
         self._done = False
+        if self._entry is not None:
+            self._st = self._pack(scalar)
+            self._template = scalar
+            self._bind_episode()
+        else:
+            self._py_state = scalar
         block, exposure = self._core.portfolio(scalar)
         return self._assemble(start, block), self._info(scalar, exposure, step_cost=0.0)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Fill the order for ``action`` at the next open, mark at the close, return the result."""
-        entry = self._entry
-        if entry is not None:  # the numba backend
-            st = self._st
-            if st is None or self._done:
+        fast = self._fast
+        if fast is not None:  # the numba backend, after reset
+            entry, st, tables, source, obs_size, by_index, map_action, append = fast
+            if self._done:
                 raise RuntimeError(
                     "MarketTradingEnv.step called before reset() or after episode end"
                 )
-            if type(action) is _INT64 or type(action) is int:
-                target = self._by_index.get(action)
-                if target is None:
-                    target = self._target_of(action)
-            else:
-                target = self._target_of(action)
+            kind = type(action)
+            target = by_index.get(action) if kind is _INT64 or kind is int else None
+            if target is None:
+                mapped = map_action(action)
+                target = mapped[0] if mapped is not None else self._validated_target(action)
             mode = self.render_mode
             draws = mode is not None and mode == "rgb_array"
             if draws:
-                prev_units = float(st[4])
-            obs = _empty(self._obs_size, _F32)
+                prev_units = float(st[_ST_UNITS])
+            obs = _empty(obs_size, _F32)
             position = _empty(1)
             (
                 ratio,
@@ -643,10 +663,10 @@ class MarketTradingEnv(gym.Env):
                 funding,
                 trades,
                 filled,
-            ) = entry(st, self._k_consts, self._k_bars, self._k_source, obs, position, target)
+            ) = entry(st, tables, source, obs, position, target)
             # NumPy's log, as ScalarCore applies it (envs.market_numba_single's module doc).
             reward = float(_np_log(ratio))
-            self._equity.append(value)
+            append(value)
             if draws:
                 self._record_fill(prev_units)
             info = {
@@ -665,11 +685,11 @@ class MarketTradingEnv(gym.Env):
                 info["episode"] = episode_metrics(
                     np.asarray(self._equity),
                     self.setup.arrays.bars_per_year,
-                    turnover=float(st[15]) / self.setup.params.initial_cash,
+                    turnover=float(st[_ST_NOTIONAL]) / self.setup.params.initial_cash,
                 )
             if not filled:  # any layout but flat market + portfolio: the assembler
                 values = st.tolist()
-                obs = self._observe(int(values[0]), values[16:21])
+                obs = self._observe(int(values[_ST_T]), values[_ST_BLOCK])
             return obs, reward, terminated, truncated, info
         state = self._py_state
         if state is None or self._done:
@@ -719,19 +739,19 @@ class MarketTradingEnv(gym.Env):
         )
 
     # --- helpers ----------------------------------------------------------------------------------
-    def _target_of(self, action: Any) -> float:
-        """The target exposure of a one-asset ``action`` (the python backend's mapping)."""
-        target = self._map_action(action)
-        if target is None:  # anything unusual goes through the validating NumPy mapping
-            target = self.setup.map_actions(action, 1)[0].tolist()
-        return target[0]
+    def _validated_target(self, action: Any) -> float:
+        """The target exposure of a one-asset ``action`` the scalar mapping passed on.
+
+        The validating NumPy mapping (which raises the :class:`ActionError` of bad actions).
+        """
+        return self.setup.map_actions(action, 1)[0].tolist()[0]
 
     def _record_fill(self, prev_units: float) -> None:
         """Rendering (numba backend): a fill marker when the step moved the units."""
         st = self._st
-        moved = float(st[4]) - prev_units
+        moved = float(st[_ST_UNITS]) - prev_units
         if moved:
-            self._fills.append((int(st[0]), 1 if moved > 0 else -1))
+            self._fills.append((int(st[_ST_T]), 1 if moved > 0 else -1))
 
     def _info(self, state: ScalarState, exposure: list[float], step_cost: float) -> dict[str, Any]:
         if self._one_asset:

@@ -71,10 +71,10 @@ class SingleKernel:
             observations itself.
 
     Attributes:
-        entry: the compiled step, ``entry(state, consts, bars, source, obs, position,
-            target) -> (ratio, cost, terminated, truncated, value, cash, fees, spread,
-            impact, funding, trades, filled)``; pass :attr:`consts`, :attr:`bars` and
-            :attr:`source` as they are, a fresh float32 ``(obs_size,)`` array ``obs``, a
+        entry: the compiled step, ``entry(state, tables, source, obs, position, target) ->
+            (ratio, cost, terminated, truncated, value, cash, fees, spread, impact, funding,
+            trades, filled)``; pass :attr:`tables` and :attr:`source` as they are (read
+            only), a fresh float32 ``(obs_size,)`` array ``obs``, a
             fresh float64 ``(1,)`` array ``position`` and the float target exposure. The
             state array (:data:`STATE_FIELDS`, from :meth:`pack`) is updated in place.
         obs_size: the length of ``obs`` (0 when the kernel never fills it).
@@ -92,8 +92,6 @@ class SingleKernel:
         arrays, params = self.arrays, self.params
         cfg = params.execution
         md = params.max_drawdown
-        # (T, 4): open, close, impact_k * sigma of s - 1, volume of s - 1 (the batched tables).
-        self.bars = np.ascontiguousarray(_step_tables(arrays, params).bars[:4, :, 0].T)
         spans = getattr(self.assemble, "spans", None)
         items = tuple(getattr(self.assemble, "given_items", ()))
         n_short = int(getattr(self.assemble, "n_short", 0) or 0)
@@ -146,11 +144,15 @@ class SingleKernel:
             "given0": given0,
             "span_step": span_step,
         }
-        self.consts = np.array([consts[name] for name in SINGLE_CONSTS], dtype=np.float64)
+        # The constants, then per bar open, close, impact_k * sigma of s - 1 and volume of
+        # s - 1 (the batched step's tables, the same values).
+        bars = _step_tables(arrays, params).bars[:4, :, 0].T
+        self.tables = np.concatenate(
+            [np.array([consts[name] for name in SINGLE_CONSTS], dtype=np.float64), bars.ravel()]
+        )
         example = (
             np.zeros(SINGLE_STATE_SIZE),
-            self.consts,
-            self.bars,
+            self.tables,
             self.source,
             np.empty(self.obs_size, np.float32),
             np.empty(1),

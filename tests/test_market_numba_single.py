@@ -72,7 +72,7 @@ def run_pair(steps: int, seed: int, pickle_at: int | None = None, **kwargs: Any)
     for k in range(steps):
         if k == pickle_at:
             fast = pickle.loads(pickle.dumps(fast))
-            assert fast.backend == "numba" and fast._entry is not None
+            assert fast.backend == "numba" and fast._fast is not None
             _same_state(ref, fast, f"unpickled at {k}")
         action = random_action(ref.action_space, rng)
         before = fast._st[0]
@@ -211,7 +211,14 @@ def test_state_pickle_round_trip_and_materialised_views() -> None:
     assert SingleKernel.unpack(SingleKernel.pack(snap), snap).__getstate__() == (
         snap.__getstate__()
     )
-    assert len(STATE_FIELDS) == 16
+    # The state array layout market_env reads by index (_ST_T, _ST_UNITS, _ST_NOTIONAL,
+    # _ST_BLOCK).
+    from envs.market_env import _ST_BLOCK, _ST_NOTIONAL, _ST_T, _ST_UNITS
+    from envs.market_numba import SINGLE_BLOCK, SINGLE_STATE_SIZE
+
+    assert STATE_FIELDS[_ST_T] == "t" and STATE_FIELDS[_ST_UNITS] == "units"
+    assert STATE_FIELDS[_ST_NOTIONAL] == "traded_notional"
+    assert _ST_BLOCK == SINGLE_BLOCK and SINGLE_BLOCK.stop == SINGLE_STATE_SIZE == env._st.size
     snap.units[0] = 123.0  # a snapshot: changing it leaves the episode alone
     assert env._scalar.units != [123.0]
     clone = pickle.loads(pickle.dumps(env))
@@ -267,7 +274,7 @@ def test_unsupported_configs_fall_back_or_raise(kwargs: dict[str, Any], named: s
     base = dict(dataset=volatile_dataset(), features=FEATURES, window=8, episode_length=20)
     base.update(kwargs)
     auto = MarketTradingEnv(**base)
-    assert auto.backend == "python" and auto._entry is None
+    assert auto.backend == "python" and auto._entry is None and auto._fast is None
     with pytest.raises(ConfigError, match=named):
         MarketTradingEnv(backend="numba", **base)
     auto.reset(seed=0)
