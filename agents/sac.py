@@ -360,16 +360,18 @@ class SAC(Learner):
                 termination), as :class:`~agents.replay.ReplayBuffer` samples them.
         """
         cfg = self.config
+        polyak = (self.num_updates + 1) % cfg.target_update_interval == 0
         if self._explicit is not None:
-            self._explicit.step(batch)
+            # The explicit step runs the Polyak update itself, once the critics have stepped.
+            self._explicit.step(batch, cfg.tau if polyak else None)
             self._stats_pending = True  # computed when read (train_stats), not every step
         else:
             self._autograd_update(batch)
+            if polyak:
+                with torch.no_grad():
+                    # target += tau * (online - target), all tensors in one multi-tensor kernel.
+                    torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
         self.num_updates += 1
-        if self.num_updates % cfg.target_update_interval == 0:
-            with torch.no_grad():
-                # target += tau * (online - target), all tensors in one multi-tensor kernel.
-                torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
 
     def _autograd_update(self, batch: ReplayBatch) -> None:
         """The reference update with autograd (``explicit_gradients=False`` or ``compile``)."""

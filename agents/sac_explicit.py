@@ -162,12 +162,18 @@ def _mlp_forward(
 def _ensemble_forward(
     layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, ws: Workspace, tag: str
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Output ``(K, B, out)`` and hidden activations of a ReLU ensemble on a shared ``(B, in)``."""
+    """Output ``(K, B, out)`` and hidden activations of a ReLU ensemble on a shared ``(B, in)``.
+
+    The hidden activations go to the same ``ens.h*`` buffers for every call: the three ensemble
+    passes of a step (target, critic, critic at the policy's actions) never need two sets at
+    once, and one set (2 x 512 KB for twin [256, 256] critics) stays warmer in the caches than
+    three; only the output gets a buffer per ``tag``.
+    """
     n_members = layers[0][0].shape[0]
     x = x.expand(n_members, *x.shape)
     hidden = []
     for i, (weight, bias) in enumerate(layers[:-1]):
-        out = ws.get(f"{tag}.h{i}", (n_members, x.shape[1], weight.shape[-1]), x)
+        out = ws.get(f"ens.h{i}", (n_members, x.shape[1], weight.shape[-1]), x)
         x = _batched_linear(x, weight, bias, out, ws).relu_()
         hidden.append(x)
     weight, bias = layers[-1]
@@ -256,6 +262,7 @@ class FusedAdamStep:
         self.grads = [g for _, _, grads in entries for g in grads]
         self._key: tuple[object, ...] | None = None
         self._lists: tuple[list[torch.Tensor], ...] = ()
+        self._flat_steps: torch.Tensor | None = None
         self._hyper: dict[str, float] = {}
         self._alive: list[object] = []
 
@@ -265,15 +272,16 @@ class FusedAdamStep:
         if key is None or (key != self._key and not self._build(key)):
             self._fallback()
             return
-        steps = self._lists[2]
-        torch._foreach_add_(steps, 1)
+        # One add on the flat counter the optimisers' step tensors are views of (see _build):
+        # the same increments as Adam's ``_foreach_add_(state_steps, 1)``, in one kernel.
+        self._flat_steps.add_(1)  # type: ignore[union-attr]  # set by _build with _key
         torch._fused_adam_(
             self.params,
             self.grads,
             self._lists[0],
             self._lists[1],
             [],
-            steps,
+            self._lists[2],
             amsgrad=False,
             lr=self._hyper["lr"],
             beta1=self._hyper["beta1"],
@@ -341,7 +349,19 @@ class FusedAdamStep:
         first = self.params[0]
         if any(t.device != first.device or t.dtype != first.dtype for t in tensors):
             return False
-        self._key, self._lists, self._hyper = key, (exp_avgs, exp_avg_sqs, steps), hyper or {}
+        # Every parameter's step count becomes a view of one flat tensor, so one add_ counts
+        # a step for all of them (torch's fused Adam bumps each 0-d tensor on its own, a per-
+        # tensor loop on the CPU, ~30 us for 13 tensors). The optimisers' state dicts hold
+        # the views: same values and dtype, saved and loaded like the tensors they replace.
+        flat = torch.stack([step.detach() for step in steps])
+        views = list(flat.unbind())
+        i = 0
+        for opt, params, _ in self.entries:
+            for p in params:
+                opt.state[p]["step"] = views[i]
+                i += 1
+        self._flat_steps = flat
+        self._key, self._lists, self._hyper = key, (exp_avgs, exp_avg_sqs, views), hyper or {}
         # The key holds ids: keep the objects alive so no new group or state can reuse one.
         self._alive = [
             (opt.param_groups[0], opt.param_groups[0]["params"], opt.state)
@@ -390,6 +410,8 @@ class ExplicitSACUpdate:
         if agent.config.autotune_entropy:  # log_alpha's step and the actor's in one call
             actor_entries.append((agent.alpha_optimizer, [agent.log_alpha], [self.alpha_grad]))
         self._actor_adam = FusedAdamStep(actor_entries)
+        self._critic_params = list(agent.critic.parameters())
+        self._target_params = list(agent.critic_target.parameters())
         self._stat_inputs: tuple[torch.Tensor, ...] | None = None
         self._stat_alpha: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
 
@@ -415,8 +437,17 @@ class ExplicitSACUpdate:
             weight.grad, bias.grad = grad_w, grad_b
 
     @torch.no_grad()
-    def step(self, batch: ReplayBatch) -> None:
-        """Apply one gradient step; :meth:`stats` then returns its statistics."""
+    def step(self, batch: ReplayBatch, polyak_tau: float | None = None) -> None:
+        """Apply one gradient step; :meth:`stats` then returns its statistics.
+
+        Args:
+            batch: the sampled transitions.
+            polyak_tau: when given, also move the target critics towards the critics by this
+                coefficient (``target += tau * (critic - target)``), right after the critics'
+                Adam step: nothing later in the step changes the critics, so the result is that
+                of the Polyak update after the step, with the critics' parameters still in the
+                cache.
+        """
         agent = self.agent
         cfg = agent.config
         obs, actions, rewards, next_obs, discounts = batch
@@ -460,6 +491,9 @@ class ExplicitSACUpdate:
         self._ensemble_backward(critic_in, q_hidden, td.unsqueeze(-1).div_(n))
         self._attach(self.critic_layers, self.critic_grads)
         self._critic_adam.step()
+        if polyak_tau is not None:
+            # All tensors in one multi-tensor kernel call.
+            torch._foreach_lerp_(self._target_params, self._critic_params, polyak_tau)
 
         # --- actor through the updated critics: input gradients only, no critic weight grads.
         pi_in = torch.cat([obs, pi_actions], 1)
@@ -543,7 +577,7 @@ class ExplicitSACUpdate:
                 torch.bmm(layer_in.transpose(1, 2), grad, out=grad_w)
             torch.sum(grad, 1, keepdim=True, out=grad_b)
             if i > 0:
-                out = ws.get(f"critic.g{i}", hidden[i - 1].shape, grad)
+                out = ws.get(f"ens.g{i}", hidden[i - 1].shape, grad)
                 grad = _relu_backward_(_batched_input_grad(grad, weight, out), hidden[i - 1])
 
     def _ensemble_input_backward(
@@ -556,48 +590,58 @@ class ExplicitSACUpdate:
         On the CPU, each member's backward then runs on its own rows only, which halves the
         256x256 matmul here for twin critics; the rows it skips would contribute exact zeros.
         """
-        layers = self.critic_layers
+        layers, ws = self.critic_layers, self.workspace
         rows = self._member_rows(is_min)
         if rows is None:
             grad_first = grad_out
             for i in range(len(layers) - 1, 0, -1):
-                out = self.workspace.get(f"pi.g{i}", hidden[i - 1].shape, grad_first)
+                out = ws.get(f"ens.g{i}", hidden[i - 1].shape, grad_first)
                 grad_first = _relu_backward_(
                     _batched_input_grad(grad_first, layers[i][0], out), hidden[i - 1]
                 )
         else:
-            grad_first = self.workspace.get("pi.g1", hidden[0].shape, grad_out).zero_()
-            for k, idx in enumerate(rows):
-                grad = grad_out[k].index_select(0, idx)  # (n_k, 1)
+            # The rows are flat indices into (K * B): one gather per tensor serves all members
+            # (member k's rows are the k-th contiguous run), one scatter writes them back.
+            flat_idx, sizes = rows
+            n_flat = is_min.numel()
+            grad_first = ws.get("ens.g1", hidden[0].shape, grad_out).zero_()
+            grad_rows = grad_out.reshape(n_flat, -1).index_select(0, flat_idx)  # (M, 1)
+            hidden_rows = [h.view(n_flat, -1).index_select(0, flat_idx) for h in hidden]
+            start = 0
+            for k, n_k in enumerate(sizes):
+                own = slice(start, start + n_k)
+                start += n_k
+                grad = grad_rows[own]  # (n_k, 1)
                 for i in range(len(layers) - 1, 0, -1):
                     weight = layers[i][0][k]  # (in, out)
                     if weight.shape[-1] == 1:
                         grad = torch.mul(grad, weight.t())  # outer product, see _batched_input_grad
                     else:
                         grad = torch.mm(grad, weight.t())
-                    grad = _relu_backward_(grad, hidden[i - 1][k].index_select(0, idx))
-                grad_first[k].index_copy_(0, idx, grad)
+                    grad = _relu_backward_(grad, hidden_rows[i - 1][own])
+                grad_first.view(n_flat, -1).index_copy_(0, flat_idx[own], grad)
         # The last product (width A) runs on all rows in both cases: BLAS rounds its narrow
         # output differently on a row subset, and it is cheap.
         first = layers[0][0][:, self.agent.obs_dim :, :]  # (K, A, hidden): the action inputs
         return torch.bmm(grad_first, first.transpose(1, 2)).sum(0)
 
     @staticmethod
-    def _member_rows(is_min: torch.Tensor) -> list[torch.Tensor] | None:
-        """Row indices per member where ``is_min`` holds; None to use the all-rows path.
+    def _member_rows(is_min: torch.Tensor) -> tuple[torch.Tensor, list[int]] | None:
+        """Flat row indices into ``(K * B)`` where ``is_min`` holds (member by member, in
+        order) and each member's row count; None to use the all-rows path.
 
-        CPU only (finding the rows reads their count, a host sync on a GPU). Below ~8 rows
-        BLAS switches to a matrix-vector kernel whose rounding differs from the batched
-        matmul's, so a member with fewer than 16 rows also takes the all-rows path.
+        CPU only (the counts are read on the host, a sync on a GPU). Below ~8 rows BLAS
+        switches to a matrix-vector kernel whose rounding differs from the batched matmul's, so
+        a member with fewer than 16 rows also takes the all-rows path.
         """
         if is_min.device.type != "cpu" or is_min.shape[1] < 64:
             return None
-        rows = [torch.nonzero(member).view(-1) for member in is_min]
-        if any(idx.numel() < 16 for idx in rows):
+        sizes = is_min.sum(1).tolist()
+        if min(sizes) < 16:
             return None
         if not bool(is_min.any(0).all()):
             return None  # a row without a minimum (NaN Q-values): the all-rows path keeps NaN
-        return rows
+        return torch.nonzero(is_min.view(-1)).view(-1), sizes
 
 
 def actor_action(
