@@ -17,7 +17,12 @@ import pytest
 
 pytest.importorskip("numba")
 
-from test_market_fast import FEATURES, random_action, volatile_dataset  # tests/ is on sys.path
+from test_market_fast import (  # tests/ is on sys.path
+    FEATURES,
+    random_action,
+    random_config,
+    volatile_dataset,
+)
 
 from envs.data.dataset import MarketDataset
 from envs.errors import ConfigError
@@ -197,6 +202,41 @@ def test_predictor_blocks_take_the_assembler_and_match() -> None:
             **BASE,
         )
         assert counts["truncated"] >= 2
+
+
+def _sweep(n_configs: int, steps: int, seed: int) -> int:
+    """run_pair over random supported configurations (every execution setting varies)."""
+    rng = np.random.default_rng(seed)
+    ends = 0
+    for i in range(n_configs):
+        cfg = random_config(rng, 1)
+        cfg.update(reward="log_return", latency=1)
+        cfg.pop("reward_kwargs", None)
+        counts = run_pair(
+            steps,
+            seed=i,
+            pickle_at=int(rng.integers(steps)),
+            dataset=volatile_dataset(seed=int(rng.integers(1 << 20))),
+            features=FEATURES,
+            window=8,
+            episode_length=int(rng.choice([15, 40])),
+            flatten=bool(rng.random() < 0.6),
+            **cfg,
+        )
+        ends += counts["terminated"] + counts["truncated"]
+    return ends
+
+
+def test_random_supported_configs() -> None:
+    assert _sweep(8, 120, seed=20) >= 10
+
+
+@pytest.mark.slow
+# Extreme episodes overflow the annualised return in episode_metrics (on both backends alike).
+@pytest.mark.filterwarnings("ignore:overflow encountered in scalar power:RuntimeWarning")
+def test_random_supported_configs_long() -> None:
+    """The same over many more configurations (``pytest -m slow``)."""
+    assert _sweep(80, 300, seed=21) >= 100
 
 
 def test_state_pickle_round_trip_and_materialised_views() -> None:
