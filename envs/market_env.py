@@ -352,7 +352,10 @@ class MarketTradingEnv(gym.Env):
     Sizing, costs and the step arithmetic live in :mod:`envs.execution` and
     :mod:`envs.market_core` (the reference), shared with the batched env and the policy
     runner; this env steps through their scalar twin :mod:`envs.market_fast` (Python floats,
-    equal bit for bit, tested) because NumPy's per-call overhead dominates a batch of one.
+    equal bit for bit, tested) because NumPy's per-call overhead dominates a batch of one, or,
+    where numba is installed and the setup allows (one asset, ``log_return``, latency 1), one
+    compiled call per step (:mod:`envs.market_numba_single`, equal bit for bit to the Python
+    floats, tested; see ``backend``).
 
     ## Action Space
 
@@ -461,8 +464,9 @@ class MarketTradingEnv(gym.Env):
         self.action_space = self.setup.action_space
         self.observation_space = self.setup.builder.observation_space
         setup = self.setup
-        # The step runs on Python floats (envs.market_fast), pinned bit for bit to the batched
-        # step_core by tests/test_market_fast.py; NumPy per-call overhead would dominate B = 1.
+        # The python backend's step runs on Python floats (envs.market_fast), pinned bit for bit
+        # to the batched step_core by tests/test_market_fast.py; NumPy per-call overhead would
+        # dominate B = 1. Both backends reset through it (initial state, first observation).
         self._core = ScalarCore(setup.arrays, setup.params, setup.reward)
         self._actions = ScalarActions(
             setup.action_mode,
