@@ -766,12 +766,12 @@ class ScalarActions:
     def _map_continuous_one(self, action: Any) -> list[float] | None:
         """:meth:`map` in continuous mode with one asset: the same operations, no loops."""
         if type(action) is np.ndarray and action.shape == (1,) and action.dtype.kind == "f":
-            v = action.tolist()[0]
+            v = action.item()  # (one element: the float tolist()[0] gives, ~30 ns sooner)
             if _isfinite(v):
                 low = self.low
                 lev = self.leverage
                 x = (low if v < low else (1.0 if v > 1.0 else v)) * lev
-                gross = -0.0 + abs(x)
+                gross = abs(x)  # map's sum from -0.0 of one term: the term (never -0.0)
                 if gross > lev:  # _cap_gross: scale the book down to max_leverage
                     x = x * (lev / (1e-300 if gross < 1e-300 else gross))
                 return [x]
