@@ -621,7 +621,7 @@ class GaussianForecaster(Predictor):
         self._set_training(False)
         # Score the new samples with the forward pass of this step, i.e. with the weights as
         # they were before learning from them (with dropout > 0 that pass is stochastic).
-        self._score(mean[:n_new].cpu().numpy(), var[:n_new].cpu().numpy(), y[-n_new:])
+        self._score(mean.cpu().numpy()[:n_new], var.cpu().numpy()[:n_new], y[-n_new:])
         self._stats.updates += 1
         return loss
 
@@ -710,7 +710,7 @@ class GaussianForecaster(Predictor):
         self._online_opt.zero_grad()
         loss.backward()
         self._online_opt.step()
-        return float(loss.detach()), mean.detach(), var.detach()
+        return loss.item(), mean.detach(), var.detach()
 
     def _make_online_optimizer(self) -> FlatAdam:
         assert self.net is not None
