@@ -24,7 +24,8 @@ model, a mean-reversion baseline and a linear model on the same features, each a
 persistence (issue 6: is the base fee beyond the next block a martingale, or was the model weak?).
 
 Then the env cost of the blocks: ``MarketTradingEnv`` reset time on the shipped BTC sample with
-and without all four models' blocks (8+ columns each) in the observation.
+and without all four models' blocks (8+ columns each) in the observation, for the default Dict
+observation and the flat one (medians over interleaved rounds).
 
 Figures depend on the machine and its load (our CI box has 2 cores shared by several jobs): read
 them as orders of magnitude, never assert them in tests. Goal (issue 6): online step < 2 ms on CPU;
@@ -337,9 +338,13 @@ def step_rounds(fitted: list[dict], rounds: int) -> None:
         )
 
 
-def bench_env_reset(fitted: list[dict], resets: int) -> tuple[float, float, float, int]:
+def bench_env_reset(fitted: list[dict], resets: int) -> tuple[dict[bool, tuple[float, ...]], int]:
     """Reset seconds of MarketTradingEnv (median over interleaved rounds of ``resets`` resets):
-    no blocks, one block per model, one joint block."""
+    no blocks, one block per model, one joint block; for the default Dict observation and for
+    the flat one (``flatten=True``, rows added in issue 6's third session).
+
+    Returns ``({flatten: (base, per_model, joint)}, predictor columns)``.
+    """
     from envs.data import load_sample
     from envs.market_env import MarketTradingEnv
 
@@ -357,12 +362,13 @@ def bench_env_reset(fitted: list[dict], resets: int) -> tuple[float, float, floa
     combined = {"pred": np.concatenate(list(blocks.values()), axis=1)}
     kwargs = {"dataset": dataset, "window": 32, "episode_length": 1024}
     envs = []
-    for extra in ({}, {"predictor_blocks": blocks}, {"predictor_blocks": combined}):
-        env = MarketTradingEnv(**kwargs, **extra)
-        env.reset(seed=0)
-        envs.append(env)
+    for flatten in (False, True):
+        for extra in ({}, {"predictor_blocks": blocks}, {"predictor_blocks": combined}):
+            env = MarketTradingEnv(**kwargs, **extra, **({"flatten": True} if flatten else {}))
+            env.reset(seed=0)
+            envs.append(env)
     # A reset is ~20 us, so a load burst during one configuration's timing would decide the
-    # comparison; the three are timed in alternation over RESET_ROUNDS rounds, medians kept.
+    # comparison; the six are timed in alternation over RESET_ROUNDS rounds, medians kept.
     times: list[list[float]] = [[] for _ in envs]
     for _ in range(RESET_ROUNDS):
         for env, out in zip(envs, times, strict=True):
@@ -370,8 +376,8 @@ def bench_env_reset(fitted: list[dict], resets: int) -> tuple[float, float, floa
             for _ in range(resets):
                 env.reset()
             out.append((time.perf_counter() - t0) / resets)
-    base, per_model, joint = (float(np.median(t)) for t in times)
-    return base, per_model, joint, n_cols
+    medians = [float(np.median(t)) for t in times]
+    return {False: tuple(medians[:3]), True: tuple(medians[3:])}, n_cols
 
 
 def main() -> None:
@@ -442,13 +448,16 @@ def main() -> None:
             )
     step_rounds(results, args.step_rounds)
     bench_gas_horizons()
-    base, per_model, joint, n_cols = bench_env_reset(results, args.resets)
-    print(
-        f"MarketTradingEnv reset (BTC sample, window 32, {n_cols} predictor columns): "
-        f"{1e6 * base:.0f} us without blocks; {1e6 * per_model:.0f} us "
-        f"({100 * (per_model / base - 1):+.1f}%) with one block per model; "
-        f"{1e6 * joint:.0f} us ({100 * (joint / base - 1):+.1f}%) with one joint block"
-    )
+    reset_s, n_cols = bench_env_reset(results, args.resets)
+    for flatten, (base, per_model, joint) in reset_s.items():
+        layout = "flat observation" if flatten else "Dict observation"
+        print(
+            f"MarketTradingEnv reset (BTC sample, window 32, {n_cols} predictor columns, "
+            f"{layout}): {1e6 * base:.1f} us without blocks; {1e6 * per_model:.1f} us "
+            f"({100 * (per_model / base - 1):+.1f}%) with one block per model; "
+            f"{1e6 * joint:.1f} us ({100 * (joint / base - 1):+.1f}%) with one joint block "
+            f"-> goal < +10% {'met' if per_model < 1.1 * base else 'NOT met'} per model"
+        )
     total = sum(r["provider_online_s"] for r in results)
     print(
         f"Walk-forward provider, all four models, {args.bars} bars, online: {total:.1f} s once per "
