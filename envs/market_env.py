@@ -524,7 +524,8 @@ class MarketTradingEnv(gym.Env):
     def _bind_kernel(self) -> None:
         from envs.market_numba_single import SingleKernel
 
-        self._kernel = SingleKernel(self.setup.arrays, self.setup.params, self._assemble)
+        setup = self.setup
+        self._kernel = SingleKernel(setup.arrays, setup.params, self._assemble, setup.builder)
         self._entry = self._kernel.entry
         self._unpack = SingleKernel.unpack
         self._pack = SingleKernel.pack
@@ -543,6 +544,7 @@ class MarketTradingEnv(gym.Env):
             self._actions._by_index,
             self._map_action,
             self._equity.append,
+            kernel.window_shape,  # None: flat layouts
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -638,7 +640,7 @@ class MarketTradingEnv(gym.Env):
         """Fill the order for ``action`` at the next open, mark at the close, return the result."""
         fast = self._fast
         if fast is not None:  # the numba backend, after reset
-            entry, st, tables, source, obs_size, by_index, map_action, append = fast
+            entry, st, tables, source, obs_size, by_index, map_action, append, window_shape = fast
             if self._done:
                 raise RuntimeError(
                     "MarketTradingEnv.step called before reset() or after episode end"
@@ -652,8 +654,15 @@ class MarketTradingEnv(gym.Env):
             draws = mode is not None and mode == "rgb_array"
             if draws:
                 prev_units = float(st[_ST_UNITS])
-            obs = _empty(obs_size, _F32)
             position = _empty(1)
+            if window_shape is None:
+                obs = _empty(obs_size, _F32)
+                outputs = entry(st, tables, source, obs, position, target)
+            else:  # Dict of market and portfolio: fresh arrays the kernel fills
+                window = _empty(window_shape, _F32)
+                portfolio = _empty(5, _F32)
+                outputs = entry(st, tables, source, window, portfolio, position, target)
+                obs = {"market": window, "portfolio": portfolio}
             (
                 ratio,
                 step_cost,
@@ -667,7 +676,7 @@ class MarketTradingEnv(gym.Env):
                 funding,
                 trades,
                 filled,
-            ) = entry(st, tables, source, obs, position, target)
+            ) = outputs
             # NumPy's log, as ScalarCore applies it (envs.market_numba_single's module doc).
             reward = float(_np_log(ratio))
             append(value)

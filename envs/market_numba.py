@@ -54,6 +54,7 @@ __all__ = [
     "FlatGather",
     "numba_available",
     "single_step",
+    "single_step_dict",
     "step_and_portfolio_numba",
     "unsupported_reason",
 ]
@@ -562,26 +563,15 @@ _N_CONSTS = len(SINGLE_CONSTS)
 
 
 @_jit
-def single_step(
-    st: np.ndarray,
-    tables: np.ndarray,
-    source: np.ndarray,
-    obs: np.ndarray,
-    position: np.ndarray,
-    target: float,
+def _single_update(
+    st: np.ndarray, tables: np.ndarray, position: np.ndarray, target: float
 ) -> tuple:
-    """One step of one single-env episode; ``st`` (:data:`SINGLE_STATE_FIELDS`) is updated.
+    """The step of :func:`single_step` and :func:`single_step_dict` up to the observation.
 
-    :class:`envs.market_numba_single.SingleKernel` prepares the arguments and documents the
-    bit-identity with :meth:`envs.market_fast.ScalarCore._step_one`.
-
-    ``tables`` is the constants (:data:`SINGLE_CONSTS`), then per bar ``s`` four values: open
-    and close of ``s``, ``impact_k * sigma`` and volume of ``s - 1``
-    (:func:`envs.market_core.step_tables`); one array where two cost one more argument
-    conversion per call (~25 ns). ``obs`` receives the flat observation
-    (span ``r`` of the assembler, ``source[r * step : r * step + given0]``, then the block)
-    when the layout allows (``n_short > 0``) and the bar has a full span; the last value
-    returned says whether it did. ``position[0]`` receives the unclipped exposure.
+    Updates ``st`` in place and writes the unclipped exposure into ``position[0]``; returns
+    ``(s, ratio, cost, terminated, truncated, value, cash, fees, spread, impact, funding,
+    trades, b0, b1, b2, b3, b4)`` with ``b*`` the clipped portfolio block (also written into
+    ``st``).
     """
     s = np.int64(st[_T]) + 1
     consts = tables  # the constants come first (SINGLE_CONSTS), then 4 values per bar
@@ -675,6 +665,73 @@ def single_step(
     st[_B0 + 3] = b3
     st[_B0 + 4] = b4
 
+    return (
+        s,
+        ratio,
+        cost,
+        terminated,
+        truncated,
+        value,
+        cash,
+        fees,
+        spreads,
+        impacts,
+        fundings,
+        np.int64(trades),
+        b0,
+        b1,
+        b2,
+        b3,
+        b4,
+    )
+
+
+@_jit
+def single_step(
+    st: np.ndarray,
+    tables: np.ndarray,
+    source: np.ndarray,
+    obs: np.ndarray,
+    position: np.ndarray,
+    target: float,
+) -> tuple:
+    """One step of one single-env episode; ``st`` (:data:`SINGLE_STATE_FIELDS`) is updated.
+
+    :class:`envs.market_numba_single.SingleKernel` prepares the arguments and documents the
+    bit-identity with :meth:`envs.market_fast.ScalarCore._step_one`.
+
+    ``tables`` is the constants (:data:`SINGLE_CONSTS`), then per bar ``s`` four values: open
+    and close of ``s``, ``impact_k * sigma`` and volume of ``s - 1``
+    (:func:`envs.market_core.step_tables`); one array where two cost one more argument
+    conversion per call (~25 ns). ``obs`` receives the flat observation (span ``r`` of the
+    assembler, ``source[r * span_step : r * span_step + given0]``, then the block) when the
+    layout allows (``n_short > 0``) and the bar has a full span; the last value returned
+    says whether it did. ``position[0]`` receives the unclipped exposure.
+
+    Returns:
+        ``(ratio, cost, terminated, truncated, value, cash, fees, spread, impact, funding,
+        trades, filled)``.
+    """
+    (
+        s,
+        ratio,
+        cost,
+        terminated,
+        truncated,
+        value,
+        cash,
+        fees,
+        spreads,
+        impacts,
+        fundings,
+        trades,
+        b0,
+        b1,
+        b2,
+        b3,
+        b4,
+    ) = _single_update(st, tables, position, target)
+    consts = tables
     r = s - np.int64(consts[_C_LO])
     filled = 0 <= r < np.int64(consts[_C_N_SHORT])
     if filled:
@@ -699,7 +756,74 @@ def single_step(
         spreads,
         impacts,
         fundings,
-        np.int64(trades),
+        trades,
+        filled,
+    )
+
+
+@_jit
+def single_step_dict(
+    st: np.ndarray,
+    tables: np.ndarray,
+    source: np.ndarray,
+    window: np.ndarray,
+    portfolio: np.ndarray,
+    position: np.ndarray,
+    target: float,
+) -> tuple:
+    """:func:`single_step` for the Dict layout of just ``market`` and ``portfolio``.
+
+    ``source`` is the ``(T * F,)`` market features (row ``t`` at ``t * span_step``);
+    ``window`` (a fresh ``(W, F)`` float32 array) receives rows ``s - W + 1 .. s`` and
+    ``portfolio`` (fresh, ``(5,)`` float32) the block, as the bar assembler's Dict branch
+    fills them. Returns what :func:`single_step` returns (``filled``: always, for bars with a
+    full window).
+    """
+    (
+        s,
+        ratio,
+        cost,
+        terminated,
+        truncated,
+        value,
+        cash,
+        fees,
+        spreads,
+        impacts,
+        fundings,
+        trades,
+        b0,
+        b1,
+        b2,
+        b3,
+        b4,
+    ) = _single_update(st, tables, position, target)
+    first = s - np.int64(tables[_C_LO])
+    size = window.size
+    start = first * np.int64(tables[_C_SPAN_STEP])
+    filled = first >= 0 and start + size <= source.size
+    if filled:
+        dst = window.reshape(size)
+        src = source[start:]
+        for j in range(size):
+            dst[j] = src[j]
+        portfolio[0] = np.float32(b0)
+        portfolio[1] = np.float32(b1)
+        portfolio[2] = np.float32(b2)
+        portfolio[3] = np.float32(b3)
+        portfolio[4] = np.float32(b4)
+    return (
+        ratio,
+        cost,
+        terminated,
+        truncated,
+        value,
+        cash,
+        fees,
+        spreads,
+        impacts,
+        fundings,
+        trades,
         filled,
     )
 

@@ -51,6 +51,7 @@ from envs.market_numba import (
     SINGLE_STATE_SIZE,
     numba,
     single_step,
+    single_step_dict,
 )
 
 __all__ = ["STATE_FIELDS", "SingleKernel"]
@@ -69,24 +70,56 @@ class SingleKernel:
         assemble: its bar assembler (``builder.bar_assembler``); its ``spans``,
             ``given_items`` and ``n_short`` (read only) let the kernel fill flat
             observations itself.
+        builder: its observation builder (the Dict layout of just ``market`` and
+            ``portfolio`` is filled by the kernel too).
 
     Attributes:
-        entry: the compiled step, ``entry(state, tables, source, obs, position, target) ->
-            (ratio, cost, terminated, truncated, value, cash, fees, spread, impact, funding,
-            trades, filled)``; pass :attr:`tables` and :attr:`source` as they are (read
-            only), a fresh float32 ``(obs_size,)`` array ``obs``, a
+        entry: the compiled step. Flat layouts (``window_shape`` None): ``entry(state,
+            tables, source, obs, position, target)`` with a fresh float32 ``(obs_size,)``
+            array ``obs`` (:func:`envs.market_numba.single_step`); the Dict layout:
+            ``entry(state, tables, source, window, portfolio, position, target)`` with fresh
+            float32 arrays ``window`` of ``window_shape`` and ``portfolio`` of ``(5,)``
+            (:func:`envs.market_numba.single_step_dict`). Both return ``(ratio, cost,
+            terminated, truncated, value, cash, fees, spread, impact, funding, trades,
+            filled)``; pass :attr:`tables` and :attr:`source` as they are (read only), a
             fresh float64 ``(1,)`` array ``position`` and the float target exposure. The
             state array (:data:`STATE_FIELDS`, from :meth:`pack`) is updated in place.
+            When ``filled`` is False, the observation is the assembler's of the bar and
+            block in the state array.
         obs_size: the length of ``obs`` (0 when the kernel never fills it).
+        window_shape: ``(W, F)`` for the Dict layout the kernel fills, else None.
     """
 
-    def __init__(self, arrays: MarketArrays, params: CoreParams, assemble: Any) -> None:
+    def __init__(
+        self, arrays: MarketArrays, params: CoreParams, assemble: Any, builder: Any
+    ) -> None:
         if numba is None:  # pragma: no cover - the env checks numba_available() first
             raise RuntimeError("SingleKernel needs numba")
         self.arrays = arrays
         self.params = params
         self.assemble = assemble
+        self.builder = builder
         self._derive()
+
+    def _dict_source(self) -> np.ndarray | None:
+        """The features as the ``(T * F,)`` run the Dict kernel copies from, or None."""
+        builder = self.builder
+        feats = self.arrays.features
+        shapes = {b.name: tuple(b.shape) for b in builder.blocks}
+        if (
+            builder.flatten
+            or builder.clip
+            or builder.block_names != ("market", "portfolio")
+            or feats.dtype != np.float32
+            or feats.ndim != 2
+            or not feats.flags.c_contiguous
+            or shapes["market"] != (self.params.window, feats.shape[1])
+            or shapes["portfolio"] != (5,)
+        ):
+            return None
+        source = feats.reshape(-1)  # a view; made read-only (the features are not)
+        source.flags.writeable = False
+        return source
 
     def _derive(self) -> None:
         arrays, params = self.arrays, self.params
@@ -124,6 +157,12 @@ class SingleKernel:
             # Never read; the same array type as a real source (one compiled signature).
             source = np.zeros(1, np.float32)
             source.flags.writeable = False
+        self.window_shape: tuple[int, int] | None = None
+        dict_source = None if n_short else self._dict_source()
+        if dict_source is not None:
+            source = dict_source
+            span_step = arrays.features.shape[1]
+            self.window_shape = (params.window, span_step)
         self.obs_size = given0 + 5 if n_short else 0
         self.source = source
         consts = {
@@ -150,21 +189,25 @@ class SingleKernel:
         self.tables = np.concatenate(
             [np.array([consts[name] for name in SINGLE_CONSTS], dtype=np.float64), bars.ravel()]
         )
-        example = (
-            np.zeros(SINGLE_STATE_SIZE),
-            self.tables,
-            self.source,
-            np.empty(self.obs_size, np.float32),
-            np.empty(1),
-            0.0,
-        )
-        self.entry: Callable[..., tuple] = single_step.compile(
-            tuple(numba.typeof(x) for x in example)
+        if self.window_shape is None:
+            kernel = single_step
+            outputs: tuple[np.ndarray, ...] = (np.empty(self.obs_size, np.float32),)
+        else:
+            kernel = single_step_dict
+            outputs = (np.empty(self.window_shape, np.float32), np.empty(5, np.float32))
+        example = (np.zeros(SINGLE_STATE_SIZE), self.tables, self.source, *outputs, np.empty(1))
+        self.entry: Callable[..., tuple] = kernel.compile(
+            tuple(numba.typeof(x) for x in (*example, 0.0))
         )
 
     def __getstate__(self) -> dict[str, Any]:
         # The compiled entry point does not pickle; it is looked up again on load.
-        return {"arrays": self.arrays, "params": self.params, "assemble": self.assemble}
+        return {
+            "arrays": self.arrays,
+            "params": self.params,
+            "assemble": self.assemble,
+            "builder": self.builder,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

@@ -71,21 +71,39 @@ def run_pair(steps: int, seed: int, pickle_at: int | None = None, **kwargs: Any)
     ref = MarketTradingEnv(backend="python", **kwargs)
     fast = MarketTradingEnv(backend="numba", **kwargs)
     assert (ref.backend, fast.backend) == ("python", "numba")
+    # Which observations the kernel fills itself: flat ones without predictor blocks (in
+    # place of the assembler's span copy) and the Dict of just market and portfolio.
+    plain = not kwargs.get("predictor_blocks")
+    flat = kwargs.get("flatten", False)
+    assert (fast._kernel.obs_size > 0) == (plain and flat)
+    assert (fast._kernel.window_shape is not None) == (plain and not flat)
     _same(ref.reset(seed=seed), fast.reset(seed=seed), "reset")
     rng = np.random.default_rng(seed)
-    counts = {"terminated": 0, "truncated": 0, "trades": 0, "kernel_obs": 0}
+    counts = {"terminated": 0, "truncated": 0, "trades": 0, "assembler": 0}
+
+    def count_assembler(env: MarketTradingEnv) -> None:
+        # The step's observations the kernel leaves to the assembler (counted).
+        assemble = env._assemble.__call__
+
+        def observe(t: int, block: list[float]) -> Any:
+            counts["assembler"] += 1
+            return assemble(t, block)
+
+        env._observe = observe
+
+    count_assembler(fast)
     for k in range(steps):
         if k == pickle_at:
+            fast._observe = fast._assemble.__call__  # (the counting closure does not pickle)
             fast = pickle.loads(pickle.dumps(fast))
+            count_assembler(fast)
             assert fast.backend == "numba" and fast._fast is not None
             _same_state(ref, fast, f"unpickled at {k}")
         action = random_action(ref.action_space, rng)
-        before = fast._st[0]
         got_ref = ref.step(action)
         got_fast = fast.step(action)
         _same(got_ref, got_fast, f"step {k}")
         _fresh(got_fast[0])
-        counts["kernel_obs"] += int(fast._st[0] != before and not isinstance(got_fast[0], dict))
         counts["terminated"] += got_ref[2]
         counts["truncated"] += got_ref[3]
         counts["trades"] += got_ref[4]["trades"] > 0
@@ -95,6 +113,10 @@ def run_pair(steps: int, seed: int, pickle_at: int | None = None, **kwargs: Any)
             assert "episode" in got_fast[4]
             _same(ref.reset(), fast.reset(), f"reset after {k}")
     _same_state(ref, fast, "end")
+    if plain:  # only bars whose flat span runs past the data's end
+        assert counts["assembler"] <= steps // 10, counts
+    else:
+        assert counts["assembler"] == steps
     return counts
 
 
@@ -112,7 +134,6 @@ BASE = dict(features=FEATURES, window=8, episode_length=25)
 def test_discrete_flat_default_costs_with_resets() -> None:
     counts = run_pair(300, seed=1, dataset=volatile_dataset(seed=1), flatten=True, **BASE)
     assert counts["truncated"] >= 5 and counts["trades"] > 50
-    assert counts["kernel_obs"] > 200  # the kernel filled the flat observations
 
 
 def test_discrete_dict_obs_no_shorts_leverage_positions() -> None:
