@@ -209,6 +209,8 @@ def gaussian_nll(
     target: torch.Tensor,
     sample_weight: torch.Tensor | None = None,
     output_weight: torch.Tensor | None = None,
+    *,
+    normalised: bool = False,
 ) -> torch.Tensor:
     """Weighted Gaussian negative log-likelihood ``0.5 * (log var + (y - mu)^2 / var)``.
 
@@ -218,13 +220,15 @@ def gaussian_nll(
             is the weighted mean over samples.
         output_weight: optional ``(O,)`` weights of the output components (e.g. liquidity, volume,
             impact); normalised to mean 1 so the loss scale does not depend on them.
+        normalised: ``output_weight`` is already ``w / w.mean()`` (the online step computes it
+            once instead of twice per step; the same tensor, so the same bits).
 
     Returns:
         A scalar tensor (constant ``0.5 * log(2 pi)`` omitted).
     """
     per = 0.5 * (torch.log(var) + (target - mean) ** 2 / var)
     if output_weight is not None:
-        per = per * (output_weight / output_weight.mean())
+        per = per * (output_weight if normalised else output_weight / output_weight.mean())
     per_sample = per.mean(dim=-1)
     if sample_weight is None:
         return per_sample.mean()
