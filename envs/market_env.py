@@ -700,7 +700,7 @@ class MarketTradingEnv(gym.Env):
                     self.setup.arrays.bars_per_year,
                     turnover=float(st[_ST_NOTIONAL]) / self.setup.params.initial_cash,
                 )
-            if not filled:  # any layout but flat market + portfolio: the assembler
+            if not filled:  # predictor blocks, or a flat span past the data's end: assembler
                 values = st.tolist()
                 obs = self._observe(int(values[_ST_T]), values[_ST_BLOCK])
             return obs, reward, terminated, truncated, info
