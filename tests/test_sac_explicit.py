@@ -80,6 +80,17 @@ def test_explicit_step_matches_autograd() -> None:
     _assert_steps_match(*_pair())
 
 
+def test_explicit_step_matches_autograd_with_polyak_every_second_update() -> None:
+    # The explicit step runs the Polyak update itself (after the critics' Adam step): the
+    # target critics must move on the same updates, by the same amounts, as the reference's.
+    explicit, reference = _pair(target_update_interval=2, tau=0.3)
+    before = [t.clone() for t in explicit.critic_target.state_dict().values()]
+    _assert_steps_match(explicit, reference, steps=1)
+    after_one = list(explicit.critic_target.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in zip(before, after_one, strict=True))
+    _assert_steps_match(explicit, reference, steps=3)
+
+
 def test_explicit_step_matches_autograd_three_critics_fixed_alpha() -> None:
     _assert_steps_match(*_pair(n_critics=3, autotune_entropy=False, ent_coef_init=0.3))
 
@@ -256,6 +267,41 @@ def test_fused_adam_step_is_optimizer_step_bit_for_bit(tmp_path: Path) -> None:
                 for key in ("step", "exp_avg", "exp_avg_sq"):
                     assert torch.equal(fast_opt.state[p_fast][key], ref_opt.state[p_ref][key])
     assert step._key is not None  # the direct kernel call was used
+
+
+def test_fused_adam_step_counts_steps_in_one_flat_tensor() -> None:
+    # The optimisers' step counts become views of one flat tensor (one add per step); a
+    # fallback .step() (hook registered) increments the same views, and a state_dict round
+    # trip gives fresh tensors that are flattened again on the next direct step.
+    fast_params, _ = _adam_pair()
+    opts = [
+        torch.optim.Adam(fast_params[:2], lr=1e-3, fused=True),
+        torch.optim.Adam(fast_params[2:], lr=1e-3, fused=True),
+    ]
+    grads = [torch.ones_like(p) for p in fast_params]
+    step = FusedAdamStep(
+        [(opts[0], fast_params[:2], grads[:2]), (opts[1], fast_params[2:], grads[2:])]
+    )
+
+    def counts() -> list[torch.Tensor]:
+        return [o.state[p]["step"] for o in opts for p in o.param_groups[0]["params"]]
+
+    with torch.no_grad():
+        for _ in range(3):  # the first one is .step() (no state yet), then direct calls
+            step.step()
+        assert step._flat_steps is not None
+        base = step._flat_steps.untyped_storage().data_ptr()
+        assert all(c.untyped_storage().data_ptr() == base for c in counts())
+        assert [float(c) for c in counts()] == [3.0] * 3
+        hook = opts[1].register_step_post_hook(lambda *_: None)
+        step.step()  # fallback: each optimiser's .step()
+        hook.remove()
+        assert [float(c) for c in counts()] == [4.0] * 3
+        for o in opts:
+            o.load_state_dict(o.state_dict())
+        step.step()
+        assert [float(c) for c in counts()] == [5.0] * 3
+        assert all(c.dtype == torch.float32 and c.dim() == 0 for c in counts())
 
 
 def test_fused_adam_step_falls_back_for_other_settings() -> None:
