@@ -22,14 +22,15 @@ buffers, scratch tensors reused, one actor forward on the stacked ``obs``/``next
 critic weight gradients in the actor's backward); it matches the autograd update to float
 rounding (tests/test_sac_explicit.py). ``explicit_gradients=False`` runs the autograd reference
 below. Both use one batched critic network for both critics, fused Adam steps, one
-``_foreach_lerp_`` for the Polyak update, losses kept as device tensors and only read
+``_foreach_lerp_`` for the Polyak update (the explicit update runs it right after the critics'
+Adam step, while their parameters are in the cache), losses kept as device tensors and only read
 (``.item()``) at logging intervals, and cheap NumPy writes into the replay buffer; acting calls
 the actor's layers directly (no ``nn.Module`` dispatch per env step). The explicit update also
 calls the fused Adam kernel itself (``FusedAdamStep``: the optimisers' own state, without
 ``Optimizer.step``'s Python wrappers), computes its logged statistics only when
-:meth:`SAC.train_stats` reads them, and on the CPU runs the actor's backward through each
-critic on the rows where that critic is the minimum; none of these changes a bit of the
-training (issue 5).
+:meth:`SAC.train_stats` reads them, and on the CPU runs the actor's backward through each critic
+on the rows where that critic is the minimum; none of these changes a bit of the training (issue
+5).
 For such tiny networks on a contended CPU, ``torch.set_num_threads(1 or 2)`` is usually faster
 than the default; that is a process-wide setting, so the trainer or bench script sets it, not
 this class. ``compile=True`` wraps the networks' forward passes with ``torch.compile`` and uses
