@@ -9,7 +9,7 @@ the same builder, so a live observation is bit-identical to a backtest one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -322,6 +322,36 @@ class ObservationBuilder:
         }
 
 
+def _merge_row_blocks(
+    blocks: Iterable[tuple[slice, np.ndarray]], merge: bool = True
+) -> tuple[tuple[slice, np.ndarray], ...]:
+    """Row blocks as ``(flat slice, (T, width) source)`` pairs, adjacent ones merged.
+
+    Args:
+        blocks: ``(flat slice, (T, ...) source)`` per row block.
+        merge: join blocks whose slices touch into one pair whose source is their columns
+            concatenated (one copy per bar instead of one per block); False: one pair each.
+
+    Returns:
+        The pairs in flat order; a single block's source is a view of its own array.
+    """
+    pairs = sorted(
+        ((sl, arr.reshape(arr.shape[0], -1)) for sl, arr in blocks), key=lambda p: p[0].start
+    )
+    runs: list[list[tuple[slice, np.ndarray]]] = []
+    for sl, arr in pairs:
+        if merge and runs and runs[-1][-1][0].stop == sl.start:
+            runs[-1].append((sl, arr))
+        else:
+            runs.append([(sl, arr)])
+    return tuple(
+        run[0]
+        if len(run) == 1
+        else (slice(run[0][0].start, run[-1][0].stop), np.concatenate([a for _, a in run], axis=1))
+        for run in runs
+    )
+
+
 class _BarAssembler:
     """``assemble(t, given)`` of :meth:`ObservationBuilder.bar_assembler` (a class to pickle)."""
 
@@ -401,32 +431,14 @@ class _BarAssembler:
         Row blocks adjacent in the flat layout (the market envs put every predictor block
         between the window and the portfolio) are merged into one run whose source is their
         columns concatenated, so a bar's row blocks are one copy instead of one per block
-        (issue 6: four models' blocks cost an env reset +17% as four copies). A run of one
-        block reads the block's own array. The merged sources are rebuilt after unpickling,
-        never pickled (``T`` x the runs' width of float32 more memory while the env lives).
-        ``merge=False`` (the Dict layout, which does not read the plan): one pair per block.
+        (issue 6: four models' blocks cost an env reset +17% as four copies); see
+        :func:`_merge_row_blocks`. The merged sources are rebuilt after unpickling, never pickled
+        (``T`` x the runs' width of float32 more memory while the env lives). ``merge=False``
+        (the Dict layout, which does not read the plan): one pair per block.
         """
-        blocks = sorted(
-            (
-                (self.flat_slices[name], arr.reshape(arr.shape[0], -1))
-                for name, arr in self.rows.items()
-            ),
-            key=lambda item: item[0].start,
+        return _merge_row_blocks(
+            ((self.flat_slices[name], arr) for name, arr in self.rows.items()), merge
         )
-        runs: list[list[tuple[slice, np.ndarray]]] = []
-        for sl, arr in blocks:
-            if merge and runs and runs[-1][-1][0].stop == sl.start:
-                runs[-1].append((sl, arr))
-            else:
-                runs.append([(sl, arr)])
-        plan = []
-        for run in runs:
-            if len(run) == 1:
-                plan.append(run[0])
-            else:
-                merged = slice(run[0][0].start, run[-1][0].stop)
-                plan.append((merged, np.concatenate([arr for _, arr in run], axis=1)))
-        return tuple(plan)
 
     def __getstate__(self) -> dict:
         views = (
@@ -531,9 +543,9 @@ class _BatchAssembler:
             return np.clip(arr, np.float32(spec.low), np.float32(spec.high)) if clip else arr
 
         self.rows = {name: clipped(name, arr) for name, arr in bar.rows.items()}
-        self.row_plan = tuple(
-            (bar.flat_slices[name], arr.reshape(arr.shape[0], -1))
-            for name, arr in self.rows.items()
+        # Adjacent row blocks of the flat layout: one gather per run (issue 6), as the bar's.
+        self.row_plan = _merge_row_blocks(
+            ((bar.flat_slices[name], arr) for name, arr in self.rows.items()), bar.flatten
         )
         source = clipped(bar.window_block, bar.flat_source)
         # Row ``r`` of ``windows`` is the flattened window ending at bar ``r + W - 1``: a strided

@@ -112,3 +112,26 @@ def test_returned_blocks_are_fresh(flatten):
         arr[...] = -7.0
     _assert_same(second, want)
     _assert_same(assemble(t, [1.0] * 5), want)
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("layout", ["adjacent", "split", "window_not_first"])
+def test_batch_assembler_equals_build_batch(layout, flatten, clip):
+    rng = np.random.default_rng(11)
+    names = LAYOUTS[layout]
+    specs = [BlockSpec(n, SHAPES[n], low=-1.5, high=1.5) for n in names]
+    builder = ObservationBuilder(specs, flatten=flatten, clip=clip)
+    market, rows = _sources(rng)
+    rows = {k: v for k, v in rows.items() if k in names}
+    assemble = builder.batch_assembler("market", market, rows, "portfolio")
+    t = rng.integers(W - 1, T, size=9)
+    given = rng.normal(size=(9, 5)).astype(np.float32)
+    values = {
+        "market": np.stack([market[b - W + 1 : b + 1] for b in t]),
+        "portfolio": given,
+        **{k: v[t] for k, v in rows.items()},
+    }
+    _assert_same(assemble(t, given), builder.build_batch(values))
+    clone = pickle.loads(pickle.dumps(assemble))
+    _assert_same(clone(t, given), assemble(t, given))
