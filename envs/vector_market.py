@@ -144,6 +144,15 @@ class MarketTradingVectorEnv(VectorEnv):
             gather = FlatGather.build(self._assemble, self.setup.builder, self.setup.params.window)
             if gather is not None:
                 self._step_obs = gather
+        # With that gather, the step and the observations are one compiled call
+        # (envs.market_numba.FlatStep; the same values as the two above).
+        self._fused = None
+        if self.backend == "numba":
+            from envs.market_numba import FlatStep
+
+            self._fused = FlatStep.build(
+                self.setup.arrays, self.setup.params, self._tables, self._step_obs
+            )
 
     # --- public views -------------------------------------------------------------------------
     @property
@@ -209,9 +218,25 @@ class MarketTradingVectorEnv(VectorEnv):
             # Their actions are ignored (NEXT_STEP autoreset): substitute a valid no-op.
             actions = self._neutralise(actions, resetting)
         targets = self._targets(actions)
-        state, out, block, exposure = self._step_fn(
-            setup.arrays, setup.params, setup.reward, self._state, targets, self._tables
-        )
+        fused = self._fused
+        if fused is not None:
+            state, out, exposure, obs, info_rows, info_trades, done, n_done = fused(
+                self._state, targets, resetting, self._equity
+            )
+            if not any_reset and obs is not None:
+                # The common step: every output came from the one compiled call.
+                self._state = state
+                info = self._info_from_rows(info_rows, info_trades, out.step_cost, exposure)
+                if n_done:
+                    info["episode"], info["_episode"] = self._episode_info(state, done), done.copy()
+                self._autoreset = done
+                return obs, out.reward, out.terminated, out.truncated, info
+            block = None
+        else:
+            obs = None
+            state, out, block, exposure = self._step_fn(
+                setup.arrays, setup.params, setup.reward, self._state, targets, self._tables
+            )
         rewards = out.reward
         terminated = out.terminated
         truncated = out.truncated
@@ -226,12 +251,19 @@ class MarketTradingVectorEnv(VectorEnv):
             step_cost = np.where(resetting, 0.0, step_cost)
             # The block and exposures of the reset rows changed: recompute (rare steps).
             block, exposure = portfolio_block_and_exposure(state, setup.arrays, setup.params.window)
+        elif block is None:  # fused, a bar without a full span: the assembler decides
+            block = portfolio_block_and_exposure(state, setup.arrays, setup.params.window)[0]
         self._state = state
         slots = state.steps * self.num_envs
         slots += self._env_slots
         self._equity.reshape(-1)[slots] = state.value
         done = terminated | truncated
-        obs = self._step_obs(state.t, block)
+        if obs is not None and any_reset:
+            # Fused: only the reset rows' observations changed (their new episodes' first).
+            rows = np.flatnonzero(resetting)
+            obs[rows] = self._step_obs(state.t[rows], block[rows])
+        else:
+            obs = self._step_obs(state.t, block)
         info = self._info(state, step_cost, exposure)
         if np.count_nonzero(done):
             info["episode"], info["_episode"] = self._episode_info(state, done), done.copy()
@@ -337,6 +369,37 @@ class MarketTradingVectorEnv(VectorEnv):
             "funding": state.funding.copy(),
             "_funding": everyone,
             "trades": state.trades.copy(),
+            "_trades": everyone,
+            "step_cost": step_cost,
+            "_step_cost": everyone,
+        }
+
+    def _info_from_rows(
+        self,
+        rows: np.ndarray,
+        trades: np.ndarray,
+        step_cost: np.ndarray,
+        exposure: np.ndarray,
+    ) -> dict[str, Any]:
+        """:meth:`_info` from the fused step's fresh copies (rows of value, cash, fees, spread,
+        impact, funding; the trade counts), the same values without copying state arrays."""
+        everyone = self._everyone.copy()
+        return {
+            "portfolio_value": rows[0],
+            "_portfolio_value": everyone,
+            "position": exposure,
+            "_position": everyone,
+            "cash": rows[1],
+            "_cash": everyone,
+            "fees": rows[2],
+            "_fees": everyone,
+            "spread": rows[3],
+            "_spread": everyone,
+            "impact": rows[4],
+            "_impact": everyone,
+            "funding": rows[5],
+            "_funding": everyone,
+            "trades": trades,
             "_trades": everyone,
             "step_cost": step_cost,
             "_step_cost": everyone,
