@@ -119,14 +119,14 @@ def unsupported_reason(arrays: MarketArrays, params: CoreParams, reward: Reward)
     return None
 
 
-@_jit
+@_jit_inline
 def _clip(x: float, bound: float) -> float:
     # np.clip(x, -bound, bound): NaN (which compares False) passes through.
     x = -bound if x < -bound else x
     return bound if x > bound else x
 
 
-@_jit
+@_jit_inline
 def _trade_and_mark(
     price: float,
     close: float,
