@@ -252,3 +252,54 @@ def test_backend_numba_without_numba_raises(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ConfigError, match="numba package"):
         MarketTradingVectorEnv(2, backend="numba", **base)
     assert MarketTradingVectorEnv(2, **base).backend == "numpy"
+
+
+def test_fused_step_outputs_are_fresh_and_do_not_alias_the_state() -> None:
+    """The fused step (FlatStep) returns arrays the caller may overwrite; results unchanged."""
+    from envs.market_numba import FlatStep
+
+    kwargs = dict(
+        dataset=gbm_dataset(seed=6), features=FEATURES, window=6, episode_length=20, flatten=True
+    )
+    ref = MarketTradingVectorEnv(9, backend="numpy", **kwargs)
+    fast = MarketTradingVectorEnv(9, backend="numba", **kwargs)
+    assert isinstance(fast._fused, FlatStep)
+    _assert_same(ref.reset(seed=4), fast.reset(seed=4), "reset")
+    rng = np.random.default_rng(4)
+    for k in range(90):
+        actions = rng.integers(0, 3, size=9)
+        want = ref.step(actions)
+        got = fast.step(actions)
+        _assert_same(want, got, f"step {k}")
+        obs, rewards, terminated, truncated, info = got
+        outputs = [obs, rewards, terminated, truncated] + [
+            v for key, v in info.items() if key != "episode"
+        ]
+        outputs += list(info.get("episode", {}).values())
+        for x in outputs:
+            for name, field in zip(fast.state._fields[:-1], fast.state[:-1], strict=True):
+                assert not np.shares_memory(x, field), (k, name)
+            assert not np.shares_memory(x, fast._equity), k
+        # Overwrite everything returned: the next steps must not see it.
+        for x in outputs:
+            x[...] = True if x.dtype == np.bool_ else 7
+    for name, x, y in zip(ref.state._fields, ref.state, fast.state, strict=True):
+        _assert_same(x, y, f"state.{name}")
+
+
+def test_fused_step_leaves_bars_without_a_full_span_to_the_assembler() -> None:
+    from envs.errors import DataError
+
+    env = MarketTradingVectorEnv(
+        4, backend="numba", dataset=gbm_dataset(), features=FEATURES, window=5, flatten=True
+    )
+    env.reset(seed=0)
+    # A (corrupted) state whose next bars lie before the first full window.
+    bad = env.state._replace(t=np.full(4, -20, dtype=np.int64))
+    target = np.zeros((4, 1))
+    resetting = np.zeros(4, dtype=bool)
+    out = env._fused(bad, target, resetting, np.zeros_like(env._equity))
+    assert out[3] is None
+    env._state = bad
+    with pytest.raises(DataError, match="bars must lie in"):
+        env.step(np.zeros(4, dtype=np.int64))
