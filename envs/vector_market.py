@@ -151,7 +151,11 @@ class MarketTradingVectorEnv(VectorEnv):
             from envs.market_numba import FlatStep
 
             self._fused = FlatStep.build(
-                self.setup.arrays, self.setup.params, self._tables, self._step_obs
+                self.setup.arrays,
+                self.setup.params,
+                self._tables,
+                self._step_obs,
+                self._discrete_targets,
             )
 
     # --- public views -------------------------------------------------------------------------
@@ -217,12 +221,15 @@ class MarketTradingVectorEnv(VectorEnv):
         if any_reset:
             # Their actions are ignored (NEXT_STEP autoreset): substitute a valid no-op.
             actions = self._neutralise(actions, resetting)
-        targets = self._targets(actions)
         fused = self._fused
         if fused is not None:
-            state, out, exposure, obs, info_rows, info_trades, done, n_done = fused(
-                self._state, targets, resetting, self._equity
-            )
+            stepped = None
+            if self._discrete_targets is not None and self._index_actions(actions):
+                # _targets' fast path, inside the kernel (None: an index out of range).
+                stepped = fused(self._state, None, resetting, self._equity, actions)
+            if stepped is None:
+                stepped = fused(self._state, self._targets(actions), resetting, self._equity)
+            state, out, exposure, obs, info_rows, info_trades, done, n_done = stepped
             if not any_reset and obs is not None:
                 # The common step: every output came from the one compiled call.
                 self._state = state
@@ -234,6 +241,7 @@ class MarketTradingVectorEnv(VectorEnv):
             block = None
         else:
             obs = None
+            targets = self._targets(actions)
             state, out, block, exposure = self._step_fn(
                 setup.arrays, setup.params, setup.reward, self._state, targets, self._tables
             )
@@ -327,14 +335,20 @@ class MarketTradingVectorEnv(VectorEnv):
         table = self._discrete_targets
         if (
             table is not None
-            and type(actions) is np.ndarray
-            and actions.dtype == np.int64
-            and actions.shape == (self.num_envs,)
+            and self._index_actions(actions)
             # Seen as unsigned, a negative index is huge: one comparison checks both ends.
             and np.count_nonzero(actions.view(np.uint64) >= table.shape[0]) == 0
         ):
             return table.take(actions, axis=0)
         return self.setup.map_actions(actions, self.num_envs)
+
+    def _index_actions(self, actions: Any) -> bool:
+        """Whether ``actions`` is a ``(num_envs,)`` int64 array (indices, range not checked)."""
+        return (
+            type(actions) is np.ndarray
+            and actions.dtype == np.int64
+            and actions.shape == (self.num_envs,)
+        )
 
     def _neutralise(self, actions: Any, mask: np.ndarray) -> np.ndarray:
         arr = np.array(actions, copy=True)

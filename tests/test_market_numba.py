@@ -303,3 +303,34 @@ def test_fused_step_leaves_bars_without_a_full_span_to_the_assembler() -> None:
     env._state = bad
     with pytest.raises(DataError, match="bars must lie in"):
         env.step(np.zeros(4, dtype=np.int64))
+
+
+def test_fused_step_maps_index_actions_and_rejects_bad_ones_like_numpy() -> None:
+    """int64 indices are mapped in the kernel; bad ones raise the reference error, no step."""
+    kwargs = dict(
+        dataset=gbm_dataset(seed=8), features=FEATURES, window=4, episode_length=15, flatten=True
+    )
+    ref = MarketTradingVectorEnv(5, backend="numpy", **kwargs)
+    fast = MarketTradingVectorEnv(5, backend="numba", **kwargs)
+    _assert_same(ref.reset(seed=1), fast.reset(seed=1), "reset")
+    rng = np.random.default_rng(1)
+    bad_actions = [
+        np.array([0, 1, 3, 2, 1], dtype=np.int64),
+        np.array([0, -1, 2, 2, 1], dtype=np.int64),
+    ]
+    for k in range(40):
+        if k % 10 == 3:
+            for bad in bad_actions:
+                with pytest.raises(Exception) as want:
+                    ref.step(bad)
+                with pytest.raises(type(want.value)) as got:
+                    fast.step(bad)
+                assert str(got.value) == str(want.value)
+        # Lists and int32 arrays go through map_actions, int64 arrays through the kernel.
+        actions = rng.integers(0, 3, size=5)
+        if k % 3 == 1:
+            actions = actions.astype(np.int32)
+        got_ref, got_fast = ref.step(actions), fast.step(actions)
+        _assert_same(got_ref, got_fast, f"step {k}")
+    for name, x, y in zip(ref.state._fields, ref.state, fast.state, strict=True):
+        _assert_same(x, y, f"state.{name}")
