@@ -21,11 +21,15 @@ band, leverage, shorting) and ``max_drawdown`` are supported. Numba is optional:
 imports it when installed (the batched env imports this module only when it chooses a backend)
 and :func:`numba_available` tells whether the kernels can be built.
 :class:`FlatGather` is the compiled counterpart of the batch assembler's flat gather for the
-plain market + portfolio layout. ``tests/test_market_numba.py`` pins both to the NumPy path bit
-for bit. :func:`single_step` is the single env's step on a state array (same scope; its
-Python side and bit-identity notes are :mod:`envs.market_numba_single`; pinned to the python
-backend by ``tests/test_market_numba_single.py``); it shares :func:`_trade_and_mark` with the
-batched kernel.
+plain market + portfolio layout; :class:`FlatStep` runs the step and that gather as one
+compiled call (:func:`_step_observe`), the batched env's step for that layout.
+``tests/test_market_numba.py`` pins all three to the NumPy path bit for bit. The per-env
+helpers (:func:`_trade_and_mark`, :func:`_env_step`, :func:`_clip`) are inlined at Numba IR
+level: left to LLVM, ``_trade_and_mark`` stayed an out-of-line call in the batched loop.
+:func:`single_step` is the single env's step on a state array (same scope; its Python side and
+bit-identity notes are :mod:`envs.market_numba_single`; pinned to the python backend by
+``tests/test_market_numba_single.py``); it shares :func:`_trade_and_mark` with the batched
+kernel.
 """
 
 from __future__ import annotations
