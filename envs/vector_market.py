@@ -180,7 +180,18 @@ class MarketTradingVectorEnv(VectorEnv):
     @property
     def state(self) -> CoreState | None:
         """The current batched core state, read-only by convention."""
+        return self._current_state()
+
+    def _current_state(self) -> CoreState | None:
+        """``self._state``, built from the fused step's outputs when that step left it lazy."""
+        if self._state is _LATEST:
+            self._state = self._fused.latest_state()
         return self._state
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The fused step does not pickle its output rows: materialise the state they hold.
+        self._current_state()
+        return self.__dict__.copy()
 
     def action_masks(self) -> np.ndarray:
         """``(num_envs, K)`` allowed discrete actions (the same for every env)."""
@@ -218,6 +229,9 @@ class MarketTradingVectorEnv(VectorEnv):
         """Step every env with array operations; envs that ended last step are reset instead."""
         if self._state is None:
             raise RuntimeError("MarketTradingVectorEnv.step called before reset()")
+        # _LATEST: the state is the fused step's last outputs, not built as a CoreState (the
+        # common step never reads it as one; _current_state builds it when something does).
+        current = None if self._state is _LATEST else self._state
         setup = self.setup
         resetting = self._autoreset
         any_reset = np.count_nonzero(resetting) > 0  # cheaper than .any() on (B,) bools
@@ -229,29 +243,32 @@ class MarketTradingVectorEnv(VectorEnv):
             stepped = None
             if self._discrete_targets is not None and self._index_actions(actions):
                 # _targets' fast path, inside the kernel (None: an index out of range).
-                stepped = fused(self._state, None, resetting, self._equity, actions)
+                stepped = fused(current, None, resetting, self._equity, actions, lazy=True)
             if stepped is None:
-                stepped = fused(self._state, self._targets(actions), resetting, self._equity)
-            state, out, exposure, obs, info_rows, info_trades, done, n_done = stepped
+                targets = self._targets(actions)
+                stepped = fused(current, targets, resetting, self._equity, lazy=True)
+            _, out, exposure, obs, info_rows, info_trades, done, n_done = stepped
+            reward, terminated, truncated, step_cost = out
             if not any_reset and obs is not None:
-                # The common step: every output came from the one compiled call.
-                self._state = state
-                info = self._info_from_rows(info_rows, info_trades, out.step_cost, exposure)
+                # The common step: every output came from the one compiled call, and the new
+                # CoreState is left unbuilt (~4.5 us at 1024 envs) until something reads it.
+                self._state = _LATEST
+                info = self._info_from_rows(info_rows, info_trades, step_cost, exposure)
                 if n_done:
-                    info["episode"], info["_episode"] = self._episode_info(state, done), done.copy()
+                    info["episode"] = self._episode_info(self._current_state(), done)
+                    info["_episode"] = done.copy()
                 self._autoreset = done
-                return obs, out.reward, out.terminated, out.truncated, info
+                return obs, reward, terminated, truncated, info
+            state = fused.latest_state()
             block = None
         else:
             obs = None
             targets = self._targets(actions)
             state, out, block, exposure = self._step_fn(
-                setup.arrays, setup.params, setup.reward, self._state, targets, self._tables
+                setup.arrays, setup.params, setup.reward, current, targets, self._tables
             )
-        rewards = out.reward
-        terminated = out.terminated
-        truncated = out.truncated
-        step_cost = out.step_cost
+            reward, terminated, truncated, step_cost = out[:4]
+        rewards = reward
         if any_reset:
             starts, ends = self._draw(resetting)
             fresh = initial_state(setup.arrays, setup.params, setup.reward, starts, ends)
@@ -441,6 +458,8 @@ class MarketTradingVectorEnv(VectorEnv):
 
 
 _BACKENDS = ("auto", "numpy", "numba")
+# MarketTradingVectorEnv._state when the fused step left the new state unbuilt.
+_LATEST = object()
 _EPISODE_KEYS = ("return", "sharpe", "sortino", "max_drawdown", "calmar", "turnover")
 
 
