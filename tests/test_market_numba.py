@@ -373,3 +373,35 @@ def test_fused_step_vector_body_and_remainder_match_numpy(kwargs: dict[str, Any]
     assert counts["episodes"] > 0 and counts["trades"] > 0
     if "max_drawdown" in kwargs:
         assert counts["terminated"] > 0
+
+
+def test_fused_step_lazy_state_pickles_and_reads_like_the_reference() -> None:
+    """Common fused steps leave the new CoreState unbuilt; reading, pickling or resuming from
+    it gives the reference state and trajectory."""
+    import pickle
+
+    from envs import vector_market
+
+    kwargs = dict(
+        dataset=gbm_dataset(seed=9), features=FEATURES, window=5, episode_length=12, flatten=True
+    )
+    ref = MarketTradingVectorEnv(11, backend="numpy", **kwargs)
+    fast = MarketTradingVectorEnv(11, backend="numba", **kwargs)
+    _assert_same(ref.reset(seed=2), fast.reset(seed=2), "reset")
+    rng = np.random.default_rng(2)
+    lazy = 0
+    for k in range(30):
+        actions = rng.integers(0, 3, size=11)
+        _assert_same(ref.step(actions), fast.step(actions), f"step {k}")
+        if k % 7 == 3:  # mid-episode: pickle the lazy state, continue from both copies
+            lazy += fast._state is vector_market._LATEST
+            clone = pickle.loads(pickle.dumps(fast))
+            for name, x, y in zip(ref.state._fields, ref.state, clone.state, strict=True):
+                _assert_same(x, y, f"clone state.{name} at {k}")
+            nxt = rng.integers(0, 3, size=11)
+            want = ref.step(nxt)
+            _assert_same(want, clone.step(nxt), f"clone step {k}")
+            _assert_same(want, fast.step(nxt), f"step {k}+1")
+    for name, x, y in zip(ref.state._fields, ref.state, fast.state, strict=True):
+        _assert_same(x, y, f"state.{name}")
+    assert lazy > 0
