@@ -416,10 +416,20 @@ def _step_one_asset(
     floats = np.empty((13, batch))
     ints = np.empty((5, batch), np.int64)
     flags = np.empty((2, batch), np.bool_)
-    block = np.empty((batch, 5))
+    rows = np.empty((5, batch))  # the block as rows while the vectorised loop writes it
     last = n_bars - 1
+    # The fill bars gathered first, so that the arithmetic loop only reads and writes at [i]
+    # and LLVM vectorises it (as in _step_observe; see _VECTORISE_CHECKS).
+    fill = np.empty((4, batch))
     for i in range(batch):
         s = min(t[i] + 1, last)
+        ints[0, i] = s
+        fill[0, i] = bars[0, s, 0]
+        fill[1, i] = bars[1, s, 0]
+        fill[2, i] = bars[2, s, 0]
+        fill[3, i] = bars[3, s, 0]
+    for i in range(batch):
+        s = ints[0, i]
         executed = target[i, 0]
         (
             cash,
@@ -440,10 +450,10 @@ def _step_one_asset(
             held,
             safe_value,
         ) = _env_step(
-            bars[0, s, 0],
-            bars[1, s, 0],
-            bars[2, s, 0],
-            bars[3, s, 0],
+            fill[0, i],
+            fill[1, i],
+            fill[2, i],
+            fill[3, i],
             cash_old[i],
             units_old[i, 0],
             entry_old[i, 0],
@@ -476,7 +486,6 @@ def _step_one_asset(
         floats[10, i] = ratio
         floats[11, i] = cost
         floats[12, i] = held
-        ints[0, i] = s
         ints[1, i] = steps[i] + 1
         ints[2, i] = tit
         ints[3, i] = trades_old[i] + moved
@@ -485,13 +494,17 @@ def _step_one_asset(
         flags[1, i] = (s >= end[i]) & (not term)
 
         # --- portfolio block (market_core._portfolio), clipped like np.clip (NaN kept) ---------
-        upnl = bars[1, s, 0] - entry
+        upnl = fill[1, i] - entry
         upnl *= units
-        block[i, 0] = _clip(held, clip)
-        block[i, 1] = _clip(cash / safe_value, clip)
-        block[i, 2] = _clip((upnl + 0.0) / safe_value, clip)
-        block[i, 3] = _clip(float(tit) / float(tit + window), clip)
-        block[i, 4] = _clip(executed, clip)
+        rows[0, i] = _clip(held, clip)
+        rows[1, i] = _clip(cash / safe_value, clip)
+        rows[2, i] = _clip((upnl + 0.0) / safe_value, clip)
+        rows[3, i] = _clip(float(tit) / float(tit + window), clip)
+        rows[4, i] = _clip(executed, clip)
+    block = np.empty((batch, 5))
+    for i in range(batch):
+        for j in range(5):
+            block[i, j] = rows[j, i]
     return floats, ints, flags, block
 
 

@@ -354,9 +354,13 @@ def test_fused_step_maps_index_actions_and_rejects_bad_ones_like_numpy() -> None
     ],
     ids=["discrete-default", "continuous-ruin-drawdown-lot"],
 )
-def test_fused_step_vector_body_and_remainder_match_numpy(kwargs: dict[str, Any]) -> None:
-    """37 envs: the fused kernel's arithmetic loop runs LLVM's vector body and its scalar
-    remainder (8 and 16 lanes both leave some), with ruin, drawdown, lots and autoresets."""
+@pytest.mark.parametrize("flatten", [True, False], ids=["fused", "dict"])
+def test_vectorised_kernels_body_and_remainder_match_numpy(
+    kwargs: dict[str, Any], flatten: bool
+) -> None:
+    """37 envs: the arithmetic loops of the fused kernel (flat) and of _step_one_asset (Dict)
+    run LLVM's vector body and its scalar remainder (8 and 16 lanes both leave some), with
+    ruin, drawdown, lots and autoresets."""
     from envs import market_numba
 
     assert market_numba._allow_vectorising_checks(market_numba._VECTORISE_CHECKS)
@@ -367,7 +371,7 @@ def test_fused_step_vector_body_and_remainder_match_numpy(kwargs: dict[str, Any]
         dataset=gbm_dataset(seed=5, vol=0.08),
         features=FEATURES,
         window=4,
-        flatten=True,
+        flatten=flatten,
         **kwargs,
     )
     assert counts["episodes"] > 0 and counts["trades"] > 0
