@@ -26,10 +26,12 @@ compiled call (:func:`_step_observe`), the batched env's step for that layout.
 ``tests/test_market_numba.py`` pins all three to the NumPy path bit for bit. The per-env
 helpers (:func:`_trade_and_mark`, :func:`_env_step`, :func:`_clip`) are inlined at Numba IR
 level: left to LLVM, ``_trade_and_mark`` stayed an out-of-line call in the batched loop. In
-:func:`_step_observe` the inlined arithmetic runs in a loop LLVM vectorises (AVX-512 lanes of
-envs; IEEE operations unchanged, no fastmath), once this module raises LLVM's limit on the
-runtime alias checks that numba's arrays need (``_VECTORISE_CHECKS``); measured at 1024 envs
-under load, the whole fused step ~1.5x faster than the scalar loop.
+:func:`_step_observe` and :func:`_step_one_asset` the inlined arithmetic runs in a loop LLVM
+vectorises (SIMD lanes of envs; IEEE operations unchanged, no fastmath): the fill bars are
+gathered in a loop of their own, outputs written as rows, scattered writes kept out, and this
+module raises LLVM's limit on the runtime alias checks numba's arrays need
+(``_VECTORISE_CHECKS``). Measured at 1024 envs under load: the fused step ~1.5x faster than
+with the scalar loop, the kernel of :func:`step_and_portfolio_numba` ~1.9x.
 :func:`single_step` is the single env's step on a state array (same scope; its Python side and
 bit-identity notes are :mod:`envs.market_numba_single`; pinned to the python backend by
 ``tests/test_market_numba_single.py``); it shares :func:`_trade_and_mark` with the batched
