@@ -519,8 +519,12 @@ def batch_episode_metrics(
             out["sharpe"][rows] = np.where(std > 1e-12, mean / std * ann, 0.0)
             out["sortino"][rows] = np.where(downside > 1e-12, mean / downside * ann, 0.0)
     years = (length - 1) / bars_per_year
-    calmar = out["calmar"]
-    for j in np.flatnonzero((eq[:, -1] > 0) & (mdd < -1e-12)):
-        ann_ret = float((eq[j, -1] / eq[j, 0]) ** (1.0 / years) - 1.0)
-        calmar[rows[j]] = ann_ret / abs(float(mdd[j]))
+    sel = np.flatnonzero((eq[:, -1] > 0) & (mdd < -1e-12))
+    if sel.size:
+        # Only the power stays per curve, on the same NumPy float64 scalars as the per-curve
+        # code (the array np.power may take a SIMD path that differs in the last bit); the
+        # divisions are elementwise IEEE either way. ~0.5 us per curve instead of ~3 us.
+        inv_years = 1.0 / years
+        ann = np.array([float(b**inv_years - 1.0) for b in eq[sel, -1] / eq[sel, 0]])
+        out["calmar"][rows[sel]] = ann / np.abs(mdd[sel])
     return out
