@@ -159,64 +159,145 @@ def _relu_backward_(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     return _relu_backward_out(grad, output, 0, grad_input=grad)
 
 
-def _mlp_forward(
-    layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, ws: Workspace, tag: str
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Output and hidden activations (post-ReLU) of a plain MLP on ``(B, in)``."""
-    hidden = []
-    for i, (weight, bias) in enumerate(layers[:-1]):
-        out = ws.get(f"{tag}.h{i}", (x.shape[0], weight.shape[0]), x)
-        x = torch.addmm(bias, x, weight.t(), out=out).relu_()  # = F.linear, into the buffer
-        hidden.append(x)
-    weight, bias = layers[-1]
-    return F.linear(x, weight, bias), hidden
-
-
-def _ensemble_forward(
-    layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, ws: Workspace, tag: str
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Output ``(K, B, out)`` and hidden activations of a ReLU ensemble on a shared ``(B, in)``.
-
-    The hidden activations go to the same ``ens.h*`` buffers for every call: the three ensemble
-    passes of a step (target, critic, critic at the policy's actions) never need two sets at
-    once, and one set (2 x 512 KB for twin [256, 256] critics) stays warmer in the caches than
-    three; only the output gets a buffer per ``tag``.
-    """
-    n_members = layers[0][0].shape[0]
-    x = x.expand(n_members, *x.shape)
-    hidden = []
-    for i, (weight, bias) in enumerate(layers[:-1]):
-        out = ws.get(f"ens.h{i}", (n_members, x.shape[1], weight.shape[-1]), x)
-        x = _batched_linear(x, weight, bias, out, ws).relu_()
-        hidden.append(x)
-    weight, bias = layers[-1]
-    out = ws.get(f"{tag}.out", (n_members, x.shape[1], weight.shape[-1]), x)
-    return _batched_linear(x, weight, bias, out, ws), hidden
-
-
 def _batched_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, ws: Workspace
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_t: torch.Tensor,
+    bias: torch.Tensor,
+    out: torch.Tensor,
+    prod: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``x @ weight + bias`` per member into ``out``: ``(K, B, in) x (K, in, out)``."""
+    """``x @ weight + bias`` per member into ``out``: ``(K, B, in) x (K, in, out)``.
+
+    ``weight_t`` is ``weight.transpose(1, 2)`` and ``prod`` a ``x``-shaped buffer (a one-wide
+    layer only), both made once by the caller.
+    """
     if weight.shape[-1] == 1:
         # A one-wide layer (the Q head) is a matrix-vector product per member; a batched GEMM
         # with one output column runs about 5x slower than this multiply-and-sum on one CPU
         # thread (issue 5 profile), for the same multiply-adds.
-        prod = torch.mul(x, weight.transpose(1, 2), out=ws.get("head.prod", x.shape, x))
+        prod = torch.mul(x, weight_t, out=prod) if prod is not None else torch.mul(x, weight_t)
         return torch.sum(prod, -1, keepdim=True, out=out).add_(bias)
     return torch.baddbmm(bias, x, weight, out=out)
 
 
 def _batched_input_grad(
-    grad: torch.Tensor, weight: torch.Tensor, out: torch.Tensor
+    grad: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor, out: torch.Tensor
 ) -> torch.Tensor:
-    """``grad @ weight^T`` per member into ``out``: ``(K, B, out) x (K, in, out) -> (K, B, in)``."""
+    """``grad @ weight^T`` per member into ``out``: ``(K, B, out) x (K, in, out) -> (K, B, in)``
+    (``weight_t`` is ``weight.transpose(1, 2)``)."""
     if weight.shape[-1] == 1:
         # A one-wide layer (the critics' Q head) makes this an outer product; a broadcast
         # multiply does the same multiplications without a batched GEMM of inner size 1, which
         # BLAS handles poorly.
-        return torch.mul(grad, weight.transpose(1, 2), out=out)
-    return torch.bmm(grad, weight.transpose(1, 2), out=out)
+        return torch.mul(grad, weight_t, out=out)
+    return torch.bmm(grad, weight_t, out=out)
+
+
+class _ParamViews:
+    """Views of the parameters that every step reads: transposes, per-member slices, the action
+    columns of the critics' first layer.
+
+    Creating a view costs a few microseconds of dispatch on the CPU, and a step used ~75 of
+    them (issue 5 profile, ~0.37 ms a step). The parameters are updated in place (Adam,
+    Polyak, ``load_state_dict`` copies into them), so views made once stay valid as long as
+    each weight keeps its storage; :meth:`valid` checks that on every step (a ``.data`` swap or
+    a module ``.to(device)`` gives new storage, and the views are made again).
+    """
+
+    def __init__(
+        self,
+        actor: list[tuple[torch.Tensor, torch.Tensor]],
+        critic: list[tuple[torch.Tensor, torch.Tensor]],
+        target: list[tuple[torch.Tensor, torch.Tensor]],
+        obs_dim: int,
+    ) -> None:
+        self.weights = [w for layers in (actor, critic, target) for w, _ in layers]
+        self.ptrs = [w.data_ptr() for w in self.weights]
+        self.actor_t = [w.t() for w, _ in actor]
+        self.critic_t = [w.transpose(1, 2) for w, _ in critic]
+        self.target_t = [w.transpose(1, 2) for w, _ in target]
+        # Member k's (in, out) weights, transposed, for the per-member backward.
+        self.member_t = [[w[k].t() for w, _ in critic] for k in range(critic[0][0].shape[0])]
+        # (K, hidden, A): the action inputs of the critics' first layer, transposed.
+        self.action_cols_t = critic[0][0][:, obs_dim:, :].transpose(1, 2)
+
+    def valid(self) -> bool:
+        """Whether every weight still has the storage the views were made from."""
+        return [w.data_ptr() for w in self.weights] == self.ptrs
+
+
+class _StepBuffers:
+    """The step's inputs, activations and gradients for one batch size, from a
+    :class:`Workspace`, with the views of them that every step reads (row halves of the
+    stacked actor batch, member-flattened rows, the ensembles' broadcast inputs, squeezed
+    outputs): made once per batch size instead of once per step (see :class:`_ParamViews`).
+    """
+
+    def __init__(
+        self,
+        ws: Workspace,
+        like: torch.Tensor,
+        n: int,
+        actor: list[tuple[torch.Tensor, torch.Tensor]],
+        critic: list[tuple[torch.Tensor, torch.Tensor]],
+        obs_dim: int,
+        action_dim: int,
+    ) -> None:
+        self.key = (n, like.dtype, like.device)
+        n_members = critic[0][0].shape[0]
+        # Actor: one forward on [obs; next_obs], backward on the obs half.
+        self.noise = ws.get("noise", (2 * n, action_dim), like)
+        self.noise_lo, self.noise_hi = self.noise[:n], self.noise[n:]
+        self.stacked = ws.get("actor.in", (2 * n, obs_dim), like)
+        self.actor_h = [
+            ws.get(f"actor.h{i}", (2 * n, w.shape[0]), like) for i, (w, _) in enumerate(actor[:-1])
+        ]
+        self.head = ws.get("actor.head", (2 * n, actor[-1][0].shape[0]), like)
+        self.log_std_raw_lo = self.head[:n, action_dim:]
+        # Layer i's input on the obs rows, its transpose, and the gradient arriving at layer i.
+        self.actor_in = [self.stacked[:n], *(h[:n] for h in self.actor_h)]
+        self.actor_in_t = [x.t() for x in self.actor_in]
+        self.grad_head = ws.get("actor.grad_head", (n, actor[-1][0].shape[0]), like)
+        self.actor_grad = [
+            ws.get(f"actor.g{i}", (n, actor[i - 1][0].shape[0]), like) for i in range(1, len(actor))
+        ] + [self.grad_head]
+        self.actor_grad_t = [g.t() for g in self.actor_grad]
+        # Critic ensembles: three passes share the hidden and gradient buffers.
+        width_in = obs_dim + action_dim
+        self.ens_in = {
+            t: ws.get(f"{t}.in", (n, width_in), like) for t in ("target", "critic", "pi")
+        }
+        self.ens_in_k = {t: x.expand(n_members, n, width_in) for t, x in self.ens_in.items()}
+        self.ens_h = [
+            ws.get(f"ens.h{i}", (n_members, n, w.shape[-1]), like)
+            for i, (w, _) in enumerate(critic[:-1])
+        ]
+        self.ens_h_flat = [h.view(n_members * n, -1) for h in self.ens_h]
+        # Layer i's input in the critic pass (transposed for the weight gradient).
+        self.critic_layer_in = [self.ens_in_k["critic"], *self.ens_h]
+        self.critic_layer_in_t = [x.transpose(1, 2) for x in self.critic_layer_in]
+        width_out = critic[-1][0].shape[-1]
+        self.ens_out = {t: ws.get(f"{t}.out", (n_members, n, width_out), like) for t in self.ens_in}
+        self.ens_out_sq = {t: x.squeeze(-1) for t, x in self.ens_out.items()}
+        # Multiply-and-sum buffers of one-wide layers (the Q head), shaped like their input.
+        self.ens_prod = [
+            ws.get("head.prod" if i == len(critic) - 1 else f"ens.prod{i}", x.shape, like)
+            if w.shape[-1] == 1
+            else None
+            for i, ((w, _), x) in enumerate(zip(critic, self.critic_layer_in, strict=True))
+        ]
+        self.ens_g = [
+            None,
+            *(ws.get(f"ens.g{i + 1}", h.shape, like) for i, h in enumerate(self.ens_h)),
+        ]
+        self.ens_g1_flat = self.ens_g[1].view(n_members * n, -1) if len(self.ens_g) > 1 else None
+        self.td = ws.get("td", (n_members, n), like)
+        self.td_col = self.td.unsqueeze(-1)
+        self.is_min_mask = torch.empty((n_members, n), dtype=torch.bool, device=like.device)
+        self.grad_q = ws.get("grad_q", (n_members, n), like)
+        self.grad_q_col = self.grad_q.unsqueeze(-1)
+        self.grad_q_flat = self.grad_q.view(n_members * n, 1)
 
 
 # Adam settings the direct kernel call below reproduces; anything else goes through .step().
@@ -427,6 +508,11 @@ class ExplicitSACUpdate:
         self._target_params = list(agent.critic_target.parameters())
         self._stat_inputs: tuple[torch.Tensor, ...] | None = None
         self._stat_alpha: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        # Views made once and reused by every step (see _ParamViews and _StepBuffers).
+        self._param_views: _ParamViews | None = None
+        self._buffers: _StepBuffers | None = None
+        # (K, 1, in) views of the critics' weight gradients, for one-wide layers' row sums.
+        self._critic_grad_rows = [g.view(b.shape[0], 1, -1) for g, b in self.critic_grads]
 
     @staticmethod
     def supports(agent: SAC) -> bool:
@@ -449,6 +535,26 @@ class ExplicitSACUpdate:
         for (weight, bias), (grad_w, grad_b) in zip(params, grads, strict=True):
             weight.grad, bias.grad = grad_w, grad_b
 
+    def _views(self, obs: torch.Tensor) -> tuple[_ParamViews, _StepBuffers]:
+        """The parameter views and this batch size's buffers, made again when stale."""
+        views = self._param_views
+        if views is None or not views.valid():
+            views = self._param_views = _ParamViews(
+                self.actor_layers, self.critic_layers, self.target_layers, self.agent.obs_dim
+            )
+        bufs = self._buffers
+        if bufs is None or bufs.key != (obs.shape[0], obs.dtype, obs.device):
+            bufs = self._buffers = _StepBuffers(
+                self.workspace,
+                obs,
+                obs.shape[0],
+                self.actor_layers,
+                self.critic_layers,
+                self.agent.obs_dim,
+                self.agent.action_dim,
+            )
+        return views, bufs
+
     @torch.no_grad()
     def step(self, batch: ReplayBatch, polyak_tau: float | None = None) -> None:
         """Apply one gradient step; :meth:`stats` then returns its statistics.
@@ -467,16 +573,19 @@ class ExplicitSACUpdate:
         n = obs.shape[0]
         actor = agent.actor
         gen = agent.generator
+        views, bufs = self._views(obs)
 
         # --- actor on obs (kept for its backward) and next_obs, one forward, SB3's draw order.
-        noise = torch.empty((2 * n, agent.action_dim), device=obs.device, dtype=obs.dtype)
-        noise[:n].normal_(generator=gen)
-        noise[n:].normal_(generator=gen)
-        stacked = torch.cat([obs, next_obs])
-        ws = self.workspace
-        head, hidden = _mlp_forward(self.actor_layers, stacked, ws, "actor")
+        bufs.noise_lo.normal_(generator=gen)
+        bufs.noise_hi.normal_(generator=gen)
+        x = torch.cat([obs, next_obs], out=bufs.stacked)
+        for (_, bias), weight_t, out in zip(
+            self.actor_layers[:-1], views.actor_t, bufs.actor_h, strict=False
+        ):
+            x = torch.addmm(bias, x, weight_t, out=out).relu_()  # = F.linear, into the buffer
+        head = torch.addmm(self.actor_layers[-1][1], x, views.actor_t[-1], out=bufs.head)
         action_all, log_prob_all, _, std_all = squashed_sample(
-            head, noise, actor.log_std_min, actor.log_std_max
+            head, bufs.noise, actor.log_std_min, actor.log_std_max
         )
         pi_actions, log_prob = action_all[:n], log_prob_all[:n]
         next_actions, next_log_prob = action_all[n:], log_prob_all[n:]
@@ -493,15 +602,15 @@ class ExplicitSACUpdate:
             # log_alpha (alpha above is the pre-step value, as in SB3), so the result is the same.
 
         # --- critics: soft Bellman target with the clipped double-Q minimum (no gradient).
-        target_in = torch.cat([next_obs, next_actions], 1)
-        next_q, _ = _ensemble_forward(self.target_layers, target_in, ws, "target")
-        next_v = next_q.squeeze(-1).amin(dim=0) - alpha * next_log_prob
+        torch.cat([next_obs, next_actions], 1, out=bufs.ens_in["target"])
+        self._ensemble_forward(self.target_layers, views.target_t, bufs, "target")
+        next_v = bufs.ens_out_sq["target"].amin(dim=0) - alpha * next_log_prob
         target_q = rewards + discounts * next_v
-        critic_in = torch.cat([obs, actions], 1)
-        q, q_hidden = _ensemble_forward(self.critic_layers, critic_in, ws, "critic")
-        td = q.squeeze(-1) - target_q  # (K, B)
+        torch.cat([obs, actions], 1, out=bufs.ens_in["critic"])
+        q = self._ensemble_forward(self.critic_layers, views.critic_t, bufs, "critic")
+        torch.sub(bufs.ens_out_sq["critic"], target_q, out=bufs.td)  # (K, B)
         # d/dq of 0.5 * sum_k mean_b td^2 is td / B.
-        self._ensemble_backward(critic_in, q_hidden, td.unsqueeze(-1).div_(n))
+        self._ensemble_backward(bufs.td_col.div_(n), views, bufs)
         self._attach(self.critic_layers, self.critic_grads)
         self._critic_adam.step()
         if polyak_tau is not None:
@@ -509,22 +618,24 @@ class ExplicitSACUpdate:
             torch._foreach_lerp_(self._target_params, self._critic_params, polyak_tau)
 
         # --- actor through the updated critics: input gradients only, no critic weight grads.
-        pi_in = torch.cat([obs, pi_actions], 1)
-        q_pi, pi_hidden = _ensemble_forward(self.critic_layers, pi_in, ws, "pi")
-        q_pi = q_pi.squeeze(-1)
+        torch.cat([obs, pi_actions], 1, out=bufs.ens_in["pi"])
+        self._ensemble_forward(self.critic_layers, views.critic_t, bufs, "pi")
+        q_pi = bufs.ens_out_sq["pi"]
         min_q_pi = q_pi.amin(dim=0)
-        is_min_mask = q_pi == min_q_pi
-        is_min = is_min_mask.to(q_pi.dtype)
-        grad_q = is_min.div_(is_min.sum(0)).mul_(-1.0 / n).unsqueeze(-1)  # d loss / d Q_k
-        grad_action = self._ensemble_input_backward(pi_hidden, grad_q, is_min_mask)  # (B, A)
-        a, std, eps = action_all[:n], std_all[:n], noise[:n]
+        is_min_mask = torch.eq(q_pi, min_q_pi, out=bufs.is_min_mask)
+        is_min = bufs.grad_q.copy_(is_min_mask)  # 0/1, as .to(dtype)
+        is_min.div_(is_min.sum(0)).mul_(-1.0 / n)  # d loss / d Q_k, in bufs.grad_q_col
+        grad_action = self._ensemble_input_backward(
+            bufs.ens_h, bufs.grad_q_col, is_min_mask
+        )  # (B, A)
+        a, std, eps = pi_actions, std_all[:n], bufs.noise_lo
         # d loss / du = dL/da * (1 - a^2) + dL/dlogpi * 2a, with dL/dlogpi = alpha / B.
         grad_pre = grad_action.mul_(1.0 - a.square()).add_(a * (alpha * (2.0 / n)))
-        log_std_raw = head[:n, agent.action_dim :]
+        log_std_raw = bufs.log_std_raw_lo
         in_clamp = (log_std_raw >= actor.log_std_min) & (log_std_raw <= actor.log_std_max)
         grad_log_std = (grad_pre * std * eps - alpha / n) * in_clamp
-        grad_head = torch.cat([grad_pre, grad_log_std], 1)
-        self._mlp_backward(stacked[:n], [h[:n] for h in hidden], grad_head)
+        torch.cat([grad_pre, grad_log_std], 1, out=bufs.grad_head)
+        self._mlp_backward(bufs)
         self._attach(self.actor_layers, self.actor_grads)
         if cfg.autotune_entropy:
             log_alpha.grad = self.alpha_grad
@@ -551,47 +662,70 @@ class ExplicitSACUpdate:
         stats["ent_coef"] = alpha
         return stats
 
-    def _mlp_backward(
-        self, x: torch.Tensor, hidden: list[torch.Tensor], grad_out: torch.Tensor
-    ) -> None:
-        """Weight and bias gradients of the actor MLP into ``self.actor_grads``."""
-        inputs = [x, *hidden]
-        grad = grad_out
+    @staticmethod
+    def _ensemble_forward(
+        layers: list[tuple[torch.Tensor, torch.Tensor]],
+        weights_t: list[torch.Tensor],
+        bufs: _StepBuffers,
+        tag: str,
+    ) -> torch.Tensor:
+        """Output ``(K, B, out)`` of a ReLU ensemble on ``bufs.ens_in[tag]``, into
+        ``bufs.ens_out[tag]``; the hidden activations go to ``bufs.ens_h``.
+
+        The three ensemble passes of a step (target, critic, critic at the policy's actions)
+        never need two sets of hidden activations at once, and one set (2 x 512 KB for twin
+        [256, 256] critics) stays warmer in the caches than three.
+        """
+        x = bufs.ens_in_k[tag]
+        last = len(layers) - 1
+        for i, (weight, bias) in enumerate(layers):
+            out = bufs.ens_out[tag] if i == last else bufs.ens_h[i]
+            x = _batched_linear(x, weight, weights_t[i], bias, out, bufs.ens_prod[i])
+            if i < last:
+                x.relu_()
+        return x
+
+    def _mlp_backward(self, bufs: _StepBuffers) -> None:
+        """Weight and bias gradients of the actor MLP into ``self.actor_grads``, from the
+        head's gradient in ``bufs.grad_head`` and the obs half of the forward's activations."""
+        inputs, inputs_t = bufs.actor_in, bufs.actor_in_t
         for i in range(len(self.actor_layers) - 1, -1, -1):
-            weight, _ = self.actor_layers[i]
+            grad, grad_t = bufs.actor_grad[i], bufs.actor_grad_t[i]
             grad_w, grad_b = self.actor_grads[i]
             if grad_w.shape[1] < grad_w.shape[0]:
                 # Narrow input (the observation layer): BLAS is ~5x faster on x^T g than on
                 # g^T x with a handful of output columns; transpose the small result instead.
-                grad_w.copy_(torch.mm(inputs[i].t(), grad).t())
+                grad_w.copy_(torch.mm(inputs_t[i], grad).t())
             else:
-                torch.mm(grad.t(), inputs[i], out=grad_w)  # nn.Linear stores (out, in)
+                torch.mm(grad_t, inputs[i], out=grad_w)  # nn.Linear stores (out, in)
             torch.sum(grad, 0, out=grad_b)
             if i > 0:
-                out = self.workspace.get(f"actor.g{i}", inputs[i].shape, grad)
-                grad = _relu_backward_(torch.mm(grad, weight, out=out), inputs[i])
+                weight = self.actor_layers[i][0]
+                _relu_backward_(torch.mm(grad, weight, out=bufs.actor_grad[i - 1]), inputs[i])
 
     def _ensemble_backward(
-        self, x: torch.Tensor, hidden: list[torch.Tensor], grad_out: torch.Tensor
+        self, grad_out: torch.Tensor, views: _ParamViews, bufs: _StepBuffers
     ) -> None:
-        """Weight and bias gradients of the critic ensemble (shared input ``x``)."""
-        layers, grads, ws = self.critic_layers, self.critic_grads, self.workspace
+        """Weight and bias gradients of the critic ensemble in the critic pass (its input and
+        activations in ``bufs``) into ``self.critic_grads``."""
+        layers, grads = self.critic_layers, self.critic_grads
         grad = grad_out
         for i in range(len(layers) - 1, -1, -1):
             weight, _ = layers[i]
             grad_w, grad_b = grads[i]
-            layer_in = hidden[i - 1] if i > 0 else x.expand(weight.shape[0], *x.shape)
-            if grad_w.shape[-1] == 1:
+            if weight.shape[-1] == 1:
                 # One output column: the weight gradient is sum_b x * g per member (see
                 # _batched_linear); (K, in, 1) and (K, 1, in) share one memory layout.
-                prod = torch.mul(layer_in, grad, out=ws.get("head.prod", layer_in.shape, grad))
-                torch.sum(prod, 1, keepdim=True, out=grad_w.view(grad_b.shape[0], 1, -1))
+                prod = torch.mul(bufs.critic_layer_in[i], grad, out=bufs.ens_prod[i])
+                torch.sum(prod, 1, keepdim=True, out=self._critic_grad_rows[i])
             else:
-                torch.bmm(layer_in.transpose(1, 2), grad, out=grad_w)
+                torch.bmm(bufs.critic_layer_in_t[i], grad, out=grad_w)
             torch.sum(grad, 1, keepdim=True, out=grad_b)
             if i > 0:
-                out = ws.get(f"ens.g{i}", hidden[i - 1].shape, grad)
-                grad = _relu_backward_(_batched_input_grad(grad, weight, out), hidden[i - 1])
+                grad = _relu_backward_(
+                    _batched_input_grad(grad, weight, views.critic_t[i], bufs.ens_g[i]),
+                    bufs.ens_h[i - 1],
+                )
 
     def _ensemble_input_backward(
         self, hidden: list[torch.Tensor], grad_out: torch.Tensor, is_min: torch.Tensor
@@ -603,40 +737,54 @@ class ExplicitSACUpdate:
         On the CPU, each member's backward then runs on its own rows only, which halves the
         256x256 matmul here for twin critics; the rows it skips would contribute exact zeros.
         """
-        layers, ws = self.critic_layers, self.workspace
-        rows = self._member_rows(is_min)
+        layers = self.critic_layers
+        views = self._param_views
+        if views is None or not views.valid():
+            views = self._param_views = _ParamViews(
+                self.actor_layers, self.critic_layers, self.target_layers, self.agent.obs_dim
+            )
+        n_flat = is_min.numel()
+        bufs = self._buffers
+        if bufs is not None and hidden is bufs.ens_h and grad_out is bufs.grad_q_col:
+            grad_bufs, hidden_flat = bufs.ens_g, bufs.ens_h_flat
+            grad_flat = bufs.grad_q_flat
+        else:  # called on other tensors (tests): fresh buffers and views
+            grad_bufs = [None, *(torch.empty_like(h) for h in hidden)]
+            hidden_flat = [h.reshape(n_flat, -1) for h in hidden]
+            grad_flat = grad_out.reshape(n_flat, -1)
+        rows = self._member_rows(is_min) if len(layers) > 1 else None
         if rows is None:
             grad_first = grad_out
             for i in range(len(layers) - 1, 0, -1):
-                out = ws.get(f"ens.g{i}", hidden[i - 1].shape, grad_first)
                 grad_first = _relu_backward_(
-                    _batched_input_grad(grad_first, layers[i][0], out), hidden[i - 1]
+                    _batched_input_grad(grad_first, layers[i][0], views.critic_t[i], grad_bufs[i]),
+                    hidden[i - 1],
                 )
         else:
             # The rows are flat indices into (K * B): one gather per tensor serves all members
             # (member k's rows are the k-th contiguous run), one scatter writes them back.
             flat_idx, sizes = rows
-            n_flat = is_min.numel()
-            grad_first = ws.get("ens.g1", hidden[0].shape, grad_out).zero_()
-            grad_rows = grad_out.reshape(n_flat, -1).index_select(0, flat_idx)  # (M, 1)
-            hidden_rows = [h.view(n_flat, -1).index_select(0, flat_idx) for h in hidden]
+            grad_first = grad_bufs[1].zero_()
+            grad_first_flat = grad_first.view(n_flat, -1)
+            grad_rows = grad_flat.index_select(0, flat_idx)  # (M, 1)
+            hidden_rows = [h.index_select(0, flat_idx) for h in hidden_flat]
             start = 0
             for k, n_k in enumerate(sizes):
                 own = slice(start, start + n_k)
                 start += n_k
                 grad = grad_rows[own]  # (n_k, 1)
+                member_t = views.member_t[k]
                 for i in range(len(layers) - 1, 0, -1):
-                    weight = layers[i][0][k]  # (in, out)
-                    if weight.shape[-1] == 1:
-                        grad = torch.mul(grad, weight.t())  # outer product, see _batched_input_grad
+                    if layers[i][0].shape[-1] == 1:
+                        # outer product, see _batched_input_grad
+                        grad = torch.mul(grad, member_t[i])
                     else:
-                        grad = torch.mm(grad, weight.t())
+                        grad = torch.mm(grad, member_t[i])
                     grad = _relu_backward_(grad, hidden_rows[i - 1][own])
-                grad_first.view(n_flat, -1).index_copy_(0, flat_idx[own], grad)
+                grad_first_flat.index_copy_(0, flat_idx[own], grad)
         # The last product (width A) runs on all rows in both cases: BLAS rounds its narrow
         # output differently on a row subset, and it is cheap.
-        first = layers[0][0][:, self.agent.obs_dim :, :]  # (K, A, hidden): the action inputs
-        return torch.bmm(grad_first, first.transpose(1, 2)).sum(0)
+        return torch.bmm(grad_first, views.action_cols_t).sum(0)
 
     @staticmethod
     def _member_rows(is_min: torch.Tensor) -> tuple[torch.Tensor, list[int]] | None:
