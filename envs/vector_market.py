@@ -523,7 +523,8 @@ def batch_episode_metrics(
     if sel.size:
         # Only the power stays per curve, on the same NumPy float64 scalars as the per-curve
         # code (the array np.power may take a SIMD path that differs in the last bit); the
-        # divisions are elementwise IEEE either way. ~0.5 us per curve instead of ~3 us.
+        # divisions are elementwise IEEE either way (measured at 1024 curves of 65 values:
+        # 4.1 ms instead of 4.8 ms for the whole function, under load).
         inv_years = 1.0 / years
         ann = np.array([float(b**inv_years - 1.0) for b in eq[sel, -1] / eq[sel, 0]])
         out["calmar"][rows[sel]] = ann / np.abs(mdd[sel])
