@@ -360,3 +360,40 @@ def test_per_member_critic_backward_leaves_nan_rows_to_the_all_rows_path() -> No
     assert agent._explicit._member_rows(is_min) is None
     is_min[1, 255] = True
     assert agent._explicit._member_rows(is_min) is not None
+
+
+def _drift_agent(seed: int = 1) -> SAC:
+    env = _Drift()
+    cfg = SACConfig(net_arch=[32, 32], batch_size=64, learning_starts=64, seed=seed)
+    return SAC(env.observation_space, env.action_space, cfg)
+
+
+def test_checkpoint_loaded_into_a_trained_agent_continues_bit_for_bit(tmp_path: Path) -> None:
+    # The step reuses views of the parameters and its buffers: loading a checkpoint into an
+    # agent that has already stepped (load_state_dict copies into the same tensors) must give
+    # the uninterrupted run's bits.
+    agent = _drift_agent()
+    agent.learn(_Drift(), 120)
+    agent.save_checkpoint(tmp_path / "ckpt.pt", include_buffer=True)
+    agent.learn(_Drift(), 200)
+    other = _drift_agent()
+    other.learn(_Drift(), 90)  # a different state, its views and buffers made before the load
+    assert other._explicit is not None and other._explicit._param_views is not None
+    other.load_checkpoint(tmp_path / "ckpt.pt")
+    other.learn(_Drift(), 200)
+    assert all(torch.equal(a, b) for a, b in zip(_state(agent), _state(other), strict=True))
+
+
+def test_replaced_parameter_storage_is_noticed() -> None:
+    # A .data swap (as a module .to(device) does) gives the weights new storage: the cached
+    # views must be made again, not read from the old storage.
+    agent, twin = _drift_agent(), _drift_agent()
+    for a in (agent, twin):
+        a.learn(_Drift(), 80)
+    with torch.no_grad():
+        for module in (agent.actor, agent.critic, agent.critic_target):
+            for p in module.parameters():
+                p.data = p.data.clone()
+    for a in (agent, twin):
+        a.learn(_Drift(), 120)
+    assert all(torch.equal(a, b) for a, b in zip(_state(agent), _state(twin), strict=True))
