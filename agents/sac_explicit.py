@@ -587,8 +587,9 @@ class ExplicitSACUpdate:
         action_all, log_prob_all, _, std_all = squashed_sample(
             head, bufs.noise, actor.log_std_min, actor.log_std_max
         )
-        pi_actions, log_prob = action_all[:n], log_prob_all[:n]
-        next_actions, next_log_prob = action_all[n:], log_prob_all[n:]
+        # One split per tensor for both halves (one view op instead of two slices).
+        pi_actions, next_actions = action_all.split(n)
+        log_prob, next_log_prob = log_prob_all.split(n)
 
         # --- entropy coefficient: J(alpha) = E[-log_alpha * (log pi + target_entropy)].
         log_alpha = agent.log_alpha
@@ -766,13 +767,11 @@ class ExplicitSACUpdate:
             flat_idx, sizes = rows
             grad_first = grad_bufs[1].zero_()
             grad_first_flat = grad_first.view(n_flat, -1)
-            grad_rows = grad_flat.index_select(0, flat_idx)  # (M, 1)
-            hidden_rows = [h.index_select(0, flat_idx) for h in hidden_flat]
-            start = 0
-            for k, n_k in enumerate(sizes):
-                own = slice(start, start + n_k)
-                start += n_k
-                grad = grad_rows[own]  # (n_k, 1)
+            # Member k's runs of the gathered rows: one split per tensor (views).
+            grad_parts = grad_flat.index_select(0, flat_idx).split(sizes)  # (n_k, 1) each
+            hidden_parts = [h.index_select(0, flat_idx).split(sizes) for h in hidden_flat]
+            idx_parts = flat_idx.split(sizes)
+            for k, grad in enumerate(grad_parts):
                 member_t = views.member_t[k]
                 for i in range(len(layers) - 1, 0, -1):
                     if layers[i][0].shape[-1] == 1:
@@ -780,8 +779,8 @@ class ExplicitSACUpdate:
                         grad = torch.mul(grad, member_t[i])
                     else:
                         grad = torch.mm(grad, member_t[i])
-                    grad = _relu_backward_(grad, hidden_rows[i - 1][own])
-                grad_first_flat.index_copy_(0, flat_idx[own], grad)
+                    grad = _relu_backward_(grad, hidden_parts[i - 1][k])
+                grad_first_flat.index_copy_(0, idx_parts[k], grad)
         # The last product (width A) runs on all rows in both cases: BLAS rounds its narrow
         # output differently on a row subset, and it is cheap.
         return torch.bmm(grad_first, views.action_cols_t).sum(0)
