@@ -263,6 +263,28 @@ class _StepBuffers:
             ws.get(f"actor.g{i}", (n, actor[i - 1][0].shape[0]), like) for i in range(1, len(actor))
         ] + [self.grad_head]
         self.actor_grad_t = [g.t() for g in self.actor_grad]
+        # The squashed sample's intermediates on both halves, and their obs / next_obs halves.
+        self.head_mean = self.head[:, :action_dim]
+        self.head_log_std = self.head[:, action_dim:]
+        sample = (2 * n, action_dim)
+        self.log_std = ws.get("sample.log_std", sample, like)
+        self.std = ws.get("sample.std", sample, like)
+        self.pre_tanh = ws.get("sample.pre_tanh", sample, like)
+        self.log_prob_terms = ws.get("sample.terms", sample, like)
+        self.softplus = ws.get("sample.softplus", sample, like)
+        self.tanh_terms = ws.get("sample.tanh_terms", sample, like)
+        self.log_prob = ws.get("sample.log_prob", (2 * n,), like)
+        self.action = ws.get("sample.action", sample, like)
+        self.std_lo = self.std[:n]
+        self.log_prob_lo, self.log_prob_hi = self.log_prob[:n], self.log_prob[n:]
+        self.action_lo, self.action_hi = self.action[:n], self.action[n:]
+        # The actor head's gradient terms (obs half).
+        half = (n, action_dim)
+        self.squash_grad = ws.get("grad.squash", half, like)
+        self.entropy_grad = ws.get("grad.entropy", half, like)
+        self.grad_log_std = ws.get("grad.log_std", half, like)
+        self.above_min = torch.empty(half, dtype=torch.bool, device=like.device)
+        self.below_max = torch.empty(half, dtype=torch.bool, device=like.device)
         # Critic ensembles: three passes share the hidden and gradient buffers.
         width_in = obs_dim + action_dim
         self.ens_in = {
@@ -583,13 +605,10 @@ class ExplicitSACUpdate:
             self.actor_layers[:-1], views.actor_t, bufs.actor_h, strict=False
         ):
             x = torch.addmm(bias, x, weight_t, out=out).relu_()  # = F.linear, into the buffer
-        head = torch.addmm(self.actor_layers[-1][1], x, views.actor_t[-1], out=bufs.head)
-        action_all, log_prob_all, _, std_all = squashed_sample(
-            head, bufs.noise, actor.log_std_min, actor.log_std_max
-        )
-        # One split per tensor for both halves (one view op instead of two slices).
-        pi_actions, next_actions = action_all.split(n)
-        log_prob, next_log_prob = log_prob_all.split(n)
+        torch.addmm(self.actor_layers[-1][1], x, views.actor_t[-1], out=bufs.head)
+        self._squashed_sample(bufs, actor.log_std_min, actor.log_std_max)
+        pi_actions, next_actions = bufs.action_lo, bufs.action_hi
+        log_prob, next_log_prob = bufs.log_prob_lo, bufs.log_prob_hi
 
         # --- entropy coefficient: J(alpha) = E[-log_alpha * (log pi + target_entropy)].
         log_alpha = agent.log_alpha
@@ -629,12 +648,19 @@ class ExplicitSACUpdate:
         grad_action = self._ensemble_input_backward(
             bufs.ens_h, bufs.grad_q_col, is_min_mask
         )  # (B, A)
-        a, std, eps = pi_actions, std_all[:n], bufs.noise_lo
-        # d loss / du = dL/da * (1 - a^2) + dL/dlogpi * 2a, with dL/dlogpi = alpha / B.
-        grad_pre = grad_action.mul_(1.0 - a.square()).add_(a * (alpha * (2.0 / n)))
+        a, std, eps = pi_actions, bufs.std_lo, bufs.noise_lo
+        # d loss / du = dL/da * (1 - a^2) + dL/dlogpi * 2a, with dL/dlogpi = alpha / B; the
+        # in-place chains on the step's buffers round like the fresh-tensor expressions
+        # (1 - x is -x + 1, the same single rounding).
+        one_minus_a2 = torch.square(a, out=bufs.squash_grad).neg_().add_(1.0)
+        entropy_term = torch.mul(a, alpha * (2.0 / n), out=bufs.entropy_grad)
+        grad_pre = grad_action.mul_(one_minus_a2).add_(entropy_term)
         log_std_raw = bufs.log_std_raw_lo
-        in_clamp = (log_std_raw >= actor.log_std_min) & (log_std_raw <= actor.log_std_max)
-        grad_log_std = (grad_pre * std * eps - alpha / n) * in_clamp
+        in_clamp = torch.ge(log_std_raw, actor.log_std_min, out=bufs.above_min).bitwise_and_(
+            torch.le(log_std_raw, actor.log_std_max, out=bufs.below_max)
+        )
+        grad_log_std = torch.mul(grad_pre, std, out=bufs.grad_log_std)
+        grad_log_std.mul_(eps).sub_(alpha / n).mul_(in_clamp)
         torch.cat([grad_pre, grad_log_std], 1, out=bufs.grad_head)
         self._mlp_backward(bufs)
         self._attach(self.actor_layers, self.actor_grads)
@@ -662,6 +688,24 @@ class ExplicitSACUpdate:
         stats["actor_loss"] = (alpha * log_prob - min_q_pi).mean()
         stats["ent_coef"] = alpha
         return stats
+
+    @staticmethod
+    def _squashed_sample(bufs: _StepBuffers, log_std_min: float, log_std_max: float) -> None:
+        """:func:`squashed_sample` of ``bufs.head`` and ``bufs.noise`` into the step's buffers:
+        the same ops in the same order, as in-place chains (no fresh (2B, A) tensors)."""
+        noise = bufs.noise
+        log_std = torch.clamp(bufs.head_log_std, log_std_min, log_std_max, out=bufs.log_std)
+        std = torch.exp(log_std, out=bufs.std)
+        pre_tanh = torch.mul(std, noise, out=bufs.pre_tanh).add_(bufs.head_mean)
+        # -0.5 * eps^2 - log_std - log(2 pi) / 2 - 2 * (log 2 - u - softplus(-2u)), left to right
+        terms = torch.square(noise, out=bufs.log_prob_terms).mul_(-0.5)
+        terms.sub_(log_std).sub_(_HALF_LOG_2PI)
+        softplus = torch.mul(pre_tanh, -2.0, out=bufs.softplus)
+        torch._C._nn.softplus(softplus, 1.0, 20.0, out=softplus)  # F.softplus's defaults
+        tanh_terms = torch.neg(pre_tanh, out=bufs.tanh_terms).add_(_LOG_2)  # log 2 - u
+        terms.sub_(tanh_terms.sub_(softplus).mul_(2.0))
+        torch.sum(terms, -1, out=bufs.log_prob)
+        torch.tanh(pre_tanh, out=bufs.action)
 
     @staticmethod
     def _ensemble_forward(

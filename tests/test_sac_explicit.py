@@ -16,7 +16,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from agents.replay import ReplayBatch
 from agents.sac import SAC, SACConfig
-from agents.sac_explicit import ExplicitSACUpdate, FusedAdamStep
+from agents.sac_explicit import ExplicitSACUpdate, FusedAdamStep, squashed_sample
 
 OBS_SPACE = spaces.Box(-5.0, 5.0, (3,), np.float32)
 ACT_SPACE = spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32))
@@ -397,3 +397,23 @@ def test_replaced_parameter_storage_is_noticed() -> None:
     for a in (agent, twin):
         a.learn(_Drift(), 120)
     assert all(torch.equal(a, b) for a, b in zip(_state(agent), _state(twin), strict=True))
+
+
+def test_buffered_squashed_sample_is_squashed_sample_bit_for_bit() -> None:
+    # The step's in-place version on its buffers against the reference function, with log
+    # stds on both sides of the clamp and pre-tanh values where softplus switches to linear.
+    agent = SAC(OBS_SPACE, ACT_SPACE, SACConfig(net_arch=[32, 24], seed=2))
+    update = agent._explicit
+    obs = torch.zeros((64, 3))
+    _, bufs = update._views(obs)
+    gen = torch.Generator().manual_seed(0)
+    lo, hi = agent.actor.log_std_min, agent.actor.log_std_max
+    for scale in (0.1, 3.0, 30.0):
+        bufs.head.copy_(torch.randn(bufs.head.shape, generator=gen) * scale)
+        bufs.noise.copy_(torch.randn(bufs.noise.shape, generator=gen))
+        want = squashed_sample(bufs.head.clone(), bufs.noise.clone(), lo, hi)
+        update._squashed_sample(bufs, lo, hi)
+        assert torch.equal(bufs.action, want[0])
+        assert torch.equal(bufs.log_prob, want[1])
+        assert torch.equal(bufs.log_std, want[2])
+        assert torch.equal(bufs.std, want[3])
