@@ -282,7 +282,8 @@ class _StepBuffers:
         half = (n, action_dim)
         self.squash_grad = ws.get("grad.squash", half, like)
         self.entropy_grad = ws.get("grad.entropy", half, like)
-        self.grad_log_std = ws.get("grad.log_std", half, like)
+        self.grad_head_pre = self.grad_head[:, :action_dim]
+        self.grad_head_log_std = self.grad_head[:, action_dim:]
         self.above_min = torch.empty(half, dtype=torch.bool, device=like.device)
         self.below_max = torch.empty(half, dtype=torch.bool, device=like.device)
         # Critic ensembles: three passes share the hidden and gradient buffers.
@@ -314,6 +315,10 @@ class _StepBuffers:
             *(ws.get(f"ens.g{i + 1}", h.shape, like) for i, h in enumerate(self.ens_h)),
         ]
         self.ens_g1_flat = self.ens_g[1].view(n_members * n, -1) if len(self.ens_g) > 1 else None
+        self.next_v = ws.get("next_v", (n,), like)
+        self.next_entropy = ws.get("next_entropy", (n,), like)
+        self.target_q = ws.get("target_q", (n,), like)
+        self.min_q_pi = ws.get("min_q_pi", (n,), like)
         self.td = ws.get("td", (n_members, n), like)
         self.td_col = self.td.unsqueeze(-1)
         self.is_min_mask = torch.empty((n_members, n), dtype=torch.bool, device=like.device)
@@ -624,8 +629,10 @@ class ExplicitSACUpdate:
         # --- critics: soft Bellman target with the clipped double-Q minimum (no gradient).
         torch.cat([next_obs, next_actions], 1, out=bufs.ens_in["target"])
         self._ensemble_forward(self.target_layers, views.target_t, bufs, "target")
-        next_v = bufs.ens_out_sq["target"].amin(dim=0) - alpha * next_log_prob
-        target_q = rewards + discounts * next_v
+        # Into the step's buffers; alpha * x and x * alpha, r + d * v and d * v + r round alike.
+        next_v = torch.amin(bufs.ens_out_sq["target"], 0, out=bufs.next_v)
+        next_v.sub_(torch.mul(next_log_prob, alpha, out=bufs.next_entropy))
+        target_q = torch.mul(discounts, next_v, out=bufs.target_q).add_(rewards)
         torch.cat([obs, actions], 1, out=bufs.ens_in["critic"])
         q = self._ensemble_forward(self.critic_layers, views.critic_t, bufs, "critic")
         torch.sub(bufs.ens_out_sq["critic"], target_q, out=bufs.td)  # (K, B)
@@ -641,7 +648,7 @@ class ExplicitSACUpdate:
         torch.cat([obs, pi_actions], 1, out=bufs.ens_in["pi"])
         self._ensemble_forward(self.critic_layers, views.critic_t, bufs, "pi")
         q_pi = bufs.ens_out_sq["pi"]
-        min_q_pi = q_pi.amin(dim=0)
+        min_q_pi = torch.amin(q_pi, 0, out=bufs.min_q_pi)
         is_min_mask = torch.eq(q_pi, min_q_pi, out=bufs.is_min_mask)
         is_min = bufs.grad_q.copy_(is_min_mask)  # 0/1, as .to(dtype)
         is_min.div_(is_min.sum(0)).mul_(-1.0 / n)  # d loss / d Q_k, in bufs.grad_q_col
@@ -654,14 +661,15 @@ class ExplicitSACUpdate:
         # (1 - x is -x + 1, the same single rounding).
         one_minus_a2 = torch.square(a, out=bufs.squash_grad).neg_().add_(1.0)
         entropy_term = torch.mul(a, alpha * (2.0 / n), out=bufs.entropy_grad)
-        grad_pre = grad_action.mul_(one_minus_a2).add_(entropy_term)
+        # Written straight into the head gradient's columns (no concatenation afterwards).
+        grad_pre = torch.mul(grad_action, one_minus_a2, out=bufs.grad_head_pre)
+        grad_pre.add_(entropy_term)
         log_std_raw = bufs.log_std_raw_lo
         in_clamp = torch.ge(log_std_raw, actor.log_std_min, out=bufs.above_min).bitwise_and_(
             torch.le(log_std_raw, actor.log_std_max, out=bufs.below_max)
         )
-        grad_log_std = torch.mul(grad_pre, std, out=bufs.grad_log_std)
+        grad_log_std = torch.mul(grad_pre, std, out=bufs.grad_head_log_std)
         grad_log_std.mul_(eps).sub_(alpha / n).mul_(in_clamp)
-        torch.cat([grad_pre, grad_log_std], 1, out=bufs.grad_head)
         self._mlp_backward(bufs)
         self._attach(self.actor_layers, self.actor_grads)
         if cfg.autotune_entropy:
