@@ -28,7 +28,12 @@ checkpoints, ``state_dict`` s and the algorithm stay those of ``agents/sac.py``:
   per call), ``log_alpha``'s step shares the actor's call, and the logged statistics are
   computed when read (:meth:`ExplicitSACUpdate.stats`);
 * the three ensemble passes of a step (target, critic, critic at the policy's actions) share
-  one set of hidden-activation and gradient buffers, which stays warmer in the caches.
+  one set of hidden-activation and gradient buffers, which stays warmer in the caches;
+* every view a step reads (weight transposes, per-member weights, batch halves, flattened
+  rows, broadcast inputs) is made once, per parameter storage and per batch size
+  (:class:`_ParamViews`, :class:`_StepBuffers`), and the small elementwise chains (squashed
+  sample, Bellman target, the actor head's gradient) run in place on those buffers with the
+  same ops in the same order (issue 5: ~75 view calls of ~5 us each per step before).
 
 Issue 5 profile (Pendulum, 1 thread, loaded 2-core machine, in-step wall time per op kind):
 the 15 256x256x256-equivalent products are ~6.4-7 ms of a ~9.3 ms step (~345 us each when
