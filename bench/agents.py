@@ -1,7 +1,7 @@
 """Agent benchmarks: our SAC vs Stable-Baselines3's SAC on Pendulum-v1 (and the DQN section).
 
 Run: ``.venv/bin/python bench/agents.py [--only sac|dqn|all] [--steps N] [--seeds 0 1]
-[--threads 1 2]``.
+[--threads 1 2] [--interleave 1000]``.
 
 SAC section: both learners train ``--steps`` (default 20k) env steps on Pendulum-v1 with SB3's
 defaults except learning rate 1e-3 (DOMAIN.md: SB3 SAC at lr 1e-3 reaches about -150 in 20k
@@ -14,6 +14,15 @@ same networks, batch, update-to-data ratio, learning rate and update order on bo
 Our SAC runs its default update, hand-written backward passes (``agents/sac_explicit.py``);
 ``--autograd`` runs our autograd reference update instead (``explicit_gradients=False``) and
 ``--compile`` the autograd update with ``torch.compile``d forward passes, for comparison.
+
+Interleaving: ``--interleave 1000`` trains the two learners in alternating slices of 1000 env
+steps in one process (each slice timed alone; ours first in even slices) instead of one whole
+run after the other. On this VM the machine's speed drifts by 15-50% over minutes, so two
+sequential 20k runs (3 and 6 minutes) can meet different speeds: SB3's time ranged 312-379 s
+in four sequential runs on one day while ours stayed at 186-191 s. Interleaved slices expose
+both to the same drift; the per-slice ratio's median is printed too. The training itself is
+the same workload (a continued learner resets its env at a slice boundary, which for 1000
+steps is a Pendulum episode boundary anyway).
 
 Threads: ``--threads 1 2`` runs the SAC section once per thread count (both learners always at
 the same count, set with ``torch.set_num_threads``) and ends with one summary row per count:
@@ -100,11 +109,67 @@ def _run_sb3(steps: int, seed: int) -> dict[str, float]:
     return {"eval_mean": mean, "eval_std": std, "train_s": seconds}
 
 
+def _run_interleaved(
+    steps: int, seed: int, chunk: int, compile_nets: bool, autograd: bool
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Both learners trained in alternating ``chunk``-step slices; each slice timed alone.
+
+    The two learners live side by side in the process and take turns (ours first in even
+    slices, SB3 first in odd ones), so a change of machine speed lasting minutes (this 2-core
+    VM drifts by 15-50%) hits both alike. Each slice continues its learner where it stopped:
+    SB3 with ``reset_num_timesteps=False`` (it keeps its last observation), ours with a
+    higher ``total_timesteps`` (it resets its env with ``seed + num_timesteps``; with a chunk
+    that is a multiple of Pendulum's 200-step episodes that is an episode boundary anyway).
+    """
+    from stable_baselines3 import SAC as SB3SAC
+
+    ours_env, sb3_env = gym.make(ENV_ID), gym.make(ENV_ID)
+    config = SACConfig(
+        learning_rate=LEARNING_RATE,
+        seed=seed,
+        device="cpu",
+        compile=compile_nets,
+        explicit_gradients=not autograd,
+    )
+    agent = SAC(ours_env.observation_space, ours_env.action_space, config)
+    model = SB3SAC("MlpPolicy", sb3_env, learning_rate=LEARNING_RATE, seed=seed, device="cpu")
+
+    def ours_slice(n: int) -> None:
+        agent.learn(ours_env, agent.num_timesteps + n)
+
+    def sb3_slice(n: int) -> None:
+        model.learn(n, reset_num_timesteps=False)
+
+    spent = {"ours": [], "sb3": []}
+    done = 0
+    while done < steps:
+        n = min(chunk, steps - done)
+        order = (("ours", ours_slice), ("sb3", sb3_slice))
+        for name, run in order if (done // chunk) % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            run(n)
+            spent[name].append(time.perf_counter() - start)
+        done += n
+    ratios = np.asarray(spent["sb3"]) / np.asarray(spent["ours"])
+    print(
+        f"  interleaved slices of {chunk} steps, SB3 / ours per slice: median "
+        f"{np.median(ratios):.2f}x (min {ratios.min():.2f}, max {ratios.max():.2f})",
+        flush=True,
+    )
+    ours_mean, ours_std = _evaluate(lambda obs: agent.act(obs, deterministic=True))
+    sb3_mean, sb3_std = _evaluate(lambda obs: model.predict(obs, deterministic=True)[0])
+    return (
+        {"eval_mean": ours_mean, "eval_std": ours_std, "train_s": float(sum(spent["ours"]))},
+        {"eval_mean": sb3_mean, "eval_std": sb3_std, "train_s": float(sum(spent["sb3"]))},
+    )
+
+
 def bench_sac(
     steps: int = 20_000,
     seeds: tuple[int, ...] = (0,),
     compile_nets: bool = False,
     autograd: bool = False,
+    interleave: int = 0,
 ) -> list[dict[str, float | str]]:
     """Train our SAC and SB3's SAC per seed, print a side-by-side table, return its rows.
 
@@ -113,9 +178,23 @@ def bench_sac(
         seeds: training seeds (shared by both learners).
         compile_nets: turn on our SAC's ``compile`` flag (autograd update).
         autograd: our SAC with its autograd update instead of the hand-written one.
+        interleave: if > 0, train the two learners in alternating slices of this many steps
+            (:func:`_run_interleaved`) instead of one whole run after the other.
     """
     rows: list[dict[str, float | str]] = []
     for seed in seeds:
+        if interleave > 0:
+            print(f"  training both, seed {seed}, {steps} steps in slices of {interleave} ...")
+            ours, sb3 = _run_interleaved(steps, seed, interleave, compile_nets, autograd)
+            for name, result in (("ours-sac", ours), ("sb3-sac", sb3)):
+                rows.append({"name": name, "seed": seed, **result})
+                print(
+                    f"  {name} seed {seed}: eval {result['eval_mean']:.1f} "
+                    f"+- {result['eval_std']:.1f}, train {result['train_s']:.1f} s "
+                    f"({steps / result['train_s']:.0f} steps/s)",
+                    flush=True,
+                )
+            continue
         for name, run in (
             ("ours-sac", lambda s=seed: _run_ours(steps, s, compile_nets, autograd)),
             ("sb3-sac", lambda s=seed: _run_sb3(steps, s)),
@@ -208,6 +287,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--autograd", action="store_true", help="our SAC's autograd update (reference path)"
     )
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="train both SACs in alternating slices of STEPS env steps (load-robust ratio)",
+    )
     args = parser.parse_args(argv)
     if any(t < 1 for t in args.threads):
         parser.error(f"--threads: expected counts >= 1, got {args.threads}")
@@ -217,7 +303,9 @@ def main(argv: list[str] | None = None) -> None:
         for threads in args.threads:
             torch.set_num_threads(threads)
             print(f"SAC section with {threads} torch thread(s):", flush=True)
-            by_threads[threads] = bench_sac(steps, tuple(args.seeds), args.compile, args.autograd)
+            by_threads[threads] = bench_sac(
+                steps, tuple(args.seeds), args.compile, args.autograd, args.interleave
+            )
         _print_thread_summary(by_threads, steps)
     if args.only in ("dqn", "all"):
         torch.set_num_threads(args.threads[0])
