@@ -46,6 +46,7 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # Run as ``python bench/agents.py`` this folder is first on sys.path and this file would shadow
 # the ``agents`` package; drop the folder.
@@ -79,8 +80,7 @@ def _evaluate(act, episodes: int = EVAL_EPISODES, seed: int = EVAL_SEED) -> tupl
     return float(np.mean(returns)), float(np.std(returns))
 
 
-def _run_ours(steps: int, seed: int, compile_nets: bool, autograd: bool) -> dict[str, float]:
-    env = gym.make(ENV_ID)
+def _make_ours(env: gym.Env, seed: int, compile_nets: bool, autograd: bool) -> SAC:
     config = SACConfig(
         learning_rate=LEARNING_RATE,
         seed=seed,
@@ -88,7 +88,18 @@ def _run_ours(steps: int, seed: int, compile_nets: bool, autograd: bool) -> dict
         compile=compile_nets,
         explicit_gradients=not autograd,
     )
-    agent = SAC(env.observation_space, env.action_space, config)
+    return SAC(env.observation_space, env.action_space, config)
+
+
+def _make_sb3(env: gym.Env, seed: int) -> Any:  # SB3 imported lazily (optional section)
+    from stable_baselines3 import SAC as SB3SAC
+
+    return SB3SAC("MlpPolicy", env, learning_rate=LEARNING_RATE, seed=seed, device="cpu")
+
+
+def _run_ours(steps: int, seed: int, compile_nets: bool, autograd: bool) -> dict[str, float]:
+    env = gym.make(ENV_ID)
+    agent = _make_ours(env, seed, compile_nets, autograd)
     start = time.perf_counter()
     agent.learn(env, steps)
     seconds = time.perf_counter() - start
@@ -98,10 +109,8 @@ def _run_ours(steps: int, seed: int, compile_nets: bool, autograd: bool) -> dict
 
 
 def _run_sb3(steps: int, seed: int) -> dict[str, float]:
-    from stable_baselines3 import SAC as SB3SAC
-
     env = gym.make(ENV_ID)
-    model = SB3SAC("MlpPolicy", env, learning_rate=LEARNING_RATE, seed=seed, device="cpu")
+    model = _make_sb3(env, seed)
     start = time.perf_counter()
     model.learn(steps)
     seconds = time.perf_counter() - start
@@ -121,18 +130,9 @@ def _run_interleaved(
     higher ``total_timesteps`` (it resets its env with ``seed + num_timesteps``; with a chunk
     that is a multiple of Pendulum's 200-step episodes that is an episode boundary anyway).
     """
-    from stable_baselines3 import SAC as SB3SAC
-
     ours_env, sb3_env = gym.make(ENV_ID), gym.make(ENV_ID)
-    config = SACConfig(
-        learning_rate=LEARNING_RATE,
-        seed=seed,
-        device="cpu",
-        compile=compile_nets,
-        explicit_gradients=not autograd,
-    )
-    agent = SAC(ours_env.observation_space, ours_env.action_space, config)
-    model = SB3SAC("MlpPolicy", sb3_env, learning_rate=LEARNING_RATE, seed=seed, device="cpu")
+    agent = _make_ours(ours_env, seed, compile_nets, autograd)
+    model = _make_sb3(sb3_env, seed)
 
     def ours_slice(n: int) -> None:
         agent.learn(ours_env, agent.num_timesteps + n)
