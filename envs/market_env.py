@@ -505,21 +505,12 @@ class MarketTradingEnv(gym.Env):
 
     def _choose_backend(self, backend: str) -> str:
         """``numba`` if asked for (or ``auto``) and the kernel supports the setup, else python."""
-        if backend == "python":
+        if backend == "python":  # without importing numba (and its process-wide LLVM option)
             return "python"
-        from envs.market_numba import numba_available, unsupported_reason
+        from envs.market_numba import choose_backend
 
-        if not numba_available():
-            if backend == "numba":
-                raise ConfigError("backend='numba' needs the numba package (pip install numba)")
-            return "python"
         setup = self.setup
-        reason = unsupported_reason(setup.arrays, setup.params, setup.reward)
-        if reason is not None:
-            if backend == "numba":
-                raise ConfigError(f"backend='numba' does not support {reason}; use 'python'")
-            return "python"
-        return "numba"
+        return choose_backend(backend, "python", setup.arrays, setup.params, setup.reward)
 
     def _bind_kernel(self) -> None:
         from envs.market_numba_single import SingleKernel

@@ -44,6 +44,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from envs.errors import ConfigError
 from envs.market_core import (
     _RUIN_RATIO_FLOOR,
     PORTFOLIO_CLIP,
@@ -63,6 +64,7 @@ __all__ = [
     "SINGLE_STATE_SIZE",
     "FlatGather",
     "FlatStep",
+    "choose_backend",
     "numba_available",
     "single_step",
     "single_step_dict",
@@ -131,6 +133,36 @@ def _jit_inline(fn: Callable) -> Callable:
 def numba_available() -> bool:
     """Whether ``numba`` is importable."""
     return numba is not None
+
+
+def choose_backend(
+    requested: str, fallback: str, arrays: MarketArrays, params: CoreParams, reward: Reward
+) -> str:
+    """The backend a market env runs: ``"numba"`` when asked for (or ``"auto"``) and possible.
+
+    Args:
+        requested: the env's ``backend`` argument (``"auto"``, ``"numba"`` or ``fallback``).
+        fallback: the env's reference backend (``"python"`` single, ``"numpy"`` batched).
+        arrays: the env's market arrays.
+        params: its static step parameters.
+        reward: its reward.
+
+    Raises:
+        ConfigError: ``requested == "numba"`` without numba installed, or on a setup the
+            kernels do not support (:func:`unsupported_reason` names it).
+    """
+    if requested == fallback:
+        return fallback
+    if not numba_available():
+        if requested == "numba":
+            raise ConfigError("backend='numba' needs the numba package (pip install numba)")
+        return fallback
+    reason = unsupported_reason(arrays, params, reward)
+    if reason is not None:
+        if requested == "numba":
+            raise ConfigError(f"backend='numba' does not support {reason}; use {fallback!r}")
+        return fallback
+    return "numba"
 
 
 def unsupported_reason(arrays: MarketArrays, params: CoreParams, reward: Reward) -> str | None:

@@ -304,21 +304,12 @@ class MarketTradingVectorEnv(VectorEnv):
     # --- helpers ----------------------------------------------------------------------------------
     def _choose_backend(self, backend: str) -> str:
         """``numba`` if asked for (or ``auto``) and the kernel supports the setup, else numpy."""
-        if backend == "numpy":
+        if backend == "numpy":  # without importing numba (and its process-wide LLVM option)
             return "numpy"
-        from envs.market_numba import numba_available, unsupported_reason
+        from envs.market_numba import choose_backend
 
         setup = self.setup
-        if not numba_available():
-            if backend == "numba":
-                raise ConfigError("backend='numba' needs the numba package (pip install numba)")
-            return "numpy"
-        reason = unsupported_reason(setup.arrays, setup.params, setup.reward)
-        if reason is not None:
-            if backend == "numba":
-                raise ConfigError(f"backend='numba' does not support {reason}; use 'numpy'")
-            return "numpy"
-        return "numba"
+        return choose_backend(backend, "numpy", setup.arrays, setup.params, setup.reward)
 
     def _observe(self, state: CoreState) -> tuple[Any, np.ndarray]:
         """Observations and the (unclipped) exposures the portfolio block starts from."""
