@@ -164,6 +164,16 @@ def _run_interleaved(
     )
 
 
+def _print_result(name: str, seed: int, steps: int, result: dict[str, float]) -> None:
+    """One learner's line: eval return, training seconds and steps per second."""
+    print(
+        f"  {name} seed {seed}: eval {result['eval_mean']:.1f} "
+        f"+- {result['eval_std']:.1f}, train {result['train_s']:.1f} s "
+        f"({steps / result['train_s']:.0f} steps/s)",
+        flush=True,
+    )
+
+
 def bench_sac(
     steps: int = 20_000,
     seeds: tuple[int, ...] = (0,),
@@ -188,12 +198,7 @@ def bench_sac(
             ours, sb3 = _run_interleaved(steps, seed, interleave, compile_nets, autograd)
             for name, result in (("ours-sac", ours), ("sb3-sac", sb3)):
                 rows.append({"name": name, "seed": seed, **result})
-                print(
-                    f"  {name} seed {seed}: eval {result['eval_mean']:.1f} "
-                    f"+- {result['eval_std']:.1f}, train {result['train_s']:.1f} s "
-                    f"({steps / result['train_s']:.0f} steps/s)",
-                    flush=True,
-                )
+                _print_result(name, seed, steps, result)
             continue
         for name, run in (
             ("ours-sac", lambda s=seed: _run_ours(steps, s, compile_nets, autograd)),
@@ -202,12 +207,7 @@ def bench_sac(
             print(f"  training {name} seed {seed} for {steps} steps ...", flush=True)
             result = run()
             rows.append({"name": name, "seed": seed, **result})
-            print(
-                f"  {name} seed {seed}: eval {result['eval_mean']:.1f} "
-                f"+- {result['eval_std']:.1f}, train {result['train_s']:.1f} s "
-                f"({steps / result['train_s']:.0f} steps/s)",
-                flush=True,
-            )
+            _print_result(name, seed, steps, result)
     print(
         f"\n{ENV_ID}, {steps} steps, lr {LEARNING_RATE}, SB3 defaults otherwise, deterministic "
         f"eval over {EVAL_EPISODES} episodes, torch threads {torch.get_num_threads()}:"
