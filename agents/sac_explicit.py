@@ -850,8 +850,14 @@ class ExplicitSACUpdate:
         CPU only (the counts are read on the host, a sync on a GPU). Below ~8 rows BLAS
         switches to a matrix-vector kernel whose rounding differs from the batched matmul's, so
         a member with fewer than 16 rows also takes the all-rows path.
+
+        One intra-op thread only: with more, the all-rows batched matmul splits across the
+        threads while the gathers, the half-height products (about as slow as full ones at two
+        threads) and the scatter do not, so the split loses. Issue 5, Pendulum, twin [256, 256]
+        critics, whole update, same process, interleaved: at 1 thread the per-member path
+        7.68 vs 8.17 ms (all rows); at 2 threads 5.80 vs 5.08 ms.
         """
-        if is_min.device.type != "cpu" or is_min.shape[1] < 64:
+        if is_min.device.type != "cpu" or is_min.shape[1] < 64 or torch.get_num_threads() > 1:
             return None
         sizes = is_min.sum(1).tolist()
         if min(sizes) < 16:

@@ -362,6 +362,21 @@ def test_per_member_critic_backward_leaves_nan_rows_to_the_all_rows_path() -> No
     assert agent._explicit._member_rows(is_min) is not None
 
 
+def test_per_member_critic_backward_only_on_one_thread() -> None:
+    # With two intra-op threads the all-rows batched matmul is the faster path (issue 5).
+    agent = SAC(OBS_SPACE, ACT_SPACE, SACConfig(net_arch=[64, 64], seed=2))
+    is_min = torch.zeros((2, 256), dtype=torch.bool)
+    is_min[0, :128], is_min[1, 128:] = True, True
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert agent._explicit._member_rows(is_min) is not None
+        torch.set_num_threads(2)
+        assert agent._explicit._member_rows(is_min) is None
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _drift_agent(seed: int = 1) -> SAC:
     env = _Drift()
     cfg = SACConfig(net_arch=[32, 32], batch_size=64, learning_starts=64, seed=seed)
