@@ -12,6 +12,7 @@ import itertools
 
 import numpy as np
 import pytest
+from obs_checks import is_fresh_block
 
 from envs.data.dataset import MarketDataset
 from envs.execution import ActionError
@@ -335,7 +336,7 @@ def test_env_step_equals_reference_built_from_step_core(case: dict) -> None:
         want = setup.builder.build(values)
         np.testing.assert_equal(obs, want)
         for block in obs.values() if isinstance(obs, dict) else [obs]:
-            assert block.flags.owndata and block.dtype == np.float32  # fresh, not a view
+            assert is_fresh_block(block) and block.dtype == np.float32  # not a source view
         for a, b in zip(
             obs.values() if isinstance(obs, dict) else [obs],
             prev_obs.values() if isinstance(prev_obs, dict) else [prev_obs],
@@ -432,7 +433,7 @@ def test_bar_assembler_equals_build_fresh_arrays_and_checks_once() -> None:
             if not flatten:
                 assert list(got) == list(want)  # the Dict keys keep the block order
             for block in got.values() if isinstance(got, dict) else [got]:
-                assert block.dtype == np.float32 and block.flags.owndata
+                assert block.dtype == np.float32 and is_fresh_block(block)
                 block[...] = -7777.5
         assert not np.any(feats == -7777.5) and not np.any(forecast == -7777.5)
         with pytest.raises(DataError, match="do not match"):

@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("numba")
 
+from obs_checks import is_fresh_block
 from test_market_fast import (  # tests/ is on sys.path
     FEATURES,
     random_action,
@@ -63,7 +64,7 @@ def _same_state(ref: MarketTradingEnv, fast: MarketTradingEnv, where: str) -> No
 
 def _fresh(obs: Any) -> None:
     for block in obs.values() if isinstance(obs, dict) else [obs]:
-        assert block.flags.owndata and block.flags.writeable and block.dtype == np.float32
+        assert is_fresh_block(block) and block.flags.writeable and block.dtype == np.float32
 
 
 def run_pair(steps: int, seed: int, pickle_at: int | None = None, **kwargs: Any) -> dict[str, int]:

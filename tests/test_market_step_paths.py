@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 import pytest
+from obs_checks import is_fresh_block
 from test_market_fast import FEATURES, volatile_dataset  # tests/ is on sys.path
 
 from envs.execution import ExecutionConfig
@@ -113,7 +114,7 @@ def test_assembler_shortcuts_equal_build_at_every_bar() -> None:
                 np.testing.assert_equal(got, want)
                 blocks = got.values() if isinstance(got, dict) else [got]
                 for block in blocks:
-                    assert block.dtype == np.float32 and block.flags.owndata
+                    assert block.dtype == np.float32 and is_fresh_block(block)
                     assert block.flags.writeable and block.flags.c_contiguous
 
 

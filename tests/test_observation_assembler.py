@@ -13,6 +13,7 @@ import pickle
 
 import numpy as np
 import pytest
+from obs_checks import is_fresh_block
 
 from envs.observation import BlockSpec, ObservationBuilder
 
@@ -70,7 +71,7 @@ def test_assembler_equals_build_at_every_bar(layout, flatten):
         _assert_same(assemble(t, given), _reference(builder, market, rows, t, given))
     # A pickled assembler rebuilds its merged sources and views and gives the same values.
     state = assemble.__getstate__()
-    assert "row_plan" not in state and "spans" not in state
+    assert "row_plan" not in state and "spans" not in state and "dict_source" not in state
     clone = pickle.loads(pickle.dumps(assemble))
     for t in (W - 1, T // 2, T - 1):
         _assert_same(clone(t, [0.5] * 5), assemble(t, [0.5] * 5))
@@ -97,13 +98,15 @@ def test_returned_blocks_are_fresh(flatten):
     builder, assemble, market, rows = _assembler("adjacent", flatten, rng)
     internals = [market, *rows.values()]
     internals += [arr for _, arr in assemble.row_plan]
+    if assemble.dict_source is not None:  # Dict layout: the blocks' joint rows
+        internals.append(assemble.dict_source)
     t = T // 2
     first = assemble(t, [1.0] * 5)
     second = assemble(t, [1.0] * 5)
     arrays = list(first.values()) if isinstance(first, dict) else [first]
     others = list(second.values()) if isinstance(second, dict) else [second]
     for i, arr in enumerate(arrays):
-        assert arr.flags.owndata and arr.flags.c_contiguous
+        assert is_fresh_block(arr) and arr.flags.c_contiguous
         assert not any(np.shares_memory(arr, src) for src in internals)
         assert not any(np.shares_memory(arr, other) for other in others)
         assert not any(np.shares_memory(arr, o) for j, o in enumerate(arrays) if j != i)
