@@ -21,8 +21,9 @@ checkpoints, ``state_dict`` s and the algorithm stay those of ``agents/sac.py``:
 * the actor's two forward passes (``obs`` with gradients, ``next_obs`` without) run as one
   forward on the stacked batch: the same multiply-adds in one matmul per layer;
 * the actor's loss reads ``min_k Q_k``, so each row's gradient flows through one critic (two on
-  a tie): on the CPU each critic's backward runs on its own rows only (for twin critics half
-  of that 256x256 matmul), with the bits of the all-rows batched matmul;
+  a tie): on the CPU with one intra-op thread each critic's backward runs on its own rows only
+  (for twin critics half of that 256x256 matmul), with the bits of the all-rows batched matmul
+  (with more threads the all-rows matmul is faster, see ``_member_rows``);
 * the Adam steps call ``torch._fused_adam_`` directly (:class:`FusedAdamStep`) on the
   optimisers' own state, with their step counts as views of one flat tensor (one ``add_``
   per call), ``log_alpha``'s step shares the actor's call, and the logged statistics are
@@ -792,8 +793,9 @@ class ExplicitSACUpdate:
 
         ``is_min`` (K, B) marks where ``grad_out`` can be non-zero: the actor's loss reads
         ``min_k Q_k``, so each row sends gradient to its minimum member only (both on a tie).
-        On the CPU, each member's backward then runs on its own rows only, which halves the
-        256x256 matmul here for twin critics; the rows it skips would contribute exact zeros.
+        On the CPU with one intra-op thread, each member's backward then runs on its own rows
+        only, which halves the 256x256 matmul here for twin critics; the rows it skips would
+        contribute exact zeros (see :meth:`_member_rows` for when this path is taken).
         """
         layers = self.critic_layers
         views = self._param_views

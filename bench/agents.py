@@ -26,15 +26,19 @@ steps is a Pendulum episode boundary anyway).
 
 Threads: ``--threads 1 2`` runs the SAC section once per thread count (both learners always at
 the same count, set with ``torch.set_num_threads``) and ends with one summary row per count:
-seconds, ms per env step and the wall-clock ratio SB3 / ours. The default stays one thread.
-The networks are tiny ([256, 256], batch 256): a second thread speeds up the matmuls (about
-half of our step at one thread) but not the per-op overhead around them. What we measured
-(issue 5, 2k-step runs): on a quiet machine, before the latest explicit-update changes, ours
-8.92 / SB3 13.66 ms per step at 1 thread and 6.42 / 12.73 at 2 threads; with two cores
-already busy with other processes (load average ~3.5), 2 threads made both learners 5-10x
-slower (ours ~70, SB3 ~160 ms per step: the threads wait on each other's time slices), which
-is where an earlier "2 threads about 10x slower" figure came from. Compare thread counts
-only on a quiet machine. Figures depend on machine load: never assert them in tests.
+seconds, ms per env step and the wall-clock ratio SB3 / ours. The default is torch's own
+default count (the machine's physical cores, 2 on our CI box): what SB3 runs with unless told
+otherwise, and the setting of the issue's reference figure (SB3 ~210 s on a 2-core machine).
+Our training CLI defaults to ``torch_threads=1`` (the safe setting on a busy machine); pass
+``--threads 1`` for that comparison. The networks are tiny ([256, 256], batch 256): a second
+thread speeds up the matmuls (~60% of our step at one thread, ~70% at two) but hardly the
+per-op overhead around them, which is most of SB3's step, so the ratio grows with the thread
+count. Issue 5, 20k steps, interleaved, quiet machine: 2.12-2.16x at 2 threads, ~1.65x at 1.
+With two cores already busy with other processes (load average ~3.5), 2 threads made both
+learners 5-10x slower (ours ~70, SB3 ~160 ms per step: the threads wait on each other's time
+slices), which is where an earlier "2 threads about 10x slower" figure came from. Compare
+thread counts only on a quiet machine. Figures depend on machine load: never assert them in
+tests.
 
 DQN section: ``bench/agents_dqn.py``'s ``bench_dqn`` (our Q-learning vs SB3 DQN on CartPole).
 """
@@ -280,8 +284,8 @@ def main(argv: list[str] | None = None) -> None:
         "--threads",
         type=int,
         nargs="+",
-        default=[1],
-        help="torch thread counts; SAC runs once per count (default 1)",
+        default=[torch.get_num_threads()],
+        help="torch thread counts; SAC runs once per count (default: torch's default count)",
     )
     parser.add_argument("--compile", action="store_true", help="our SAC with torch.compile")
     parser.add_argument(

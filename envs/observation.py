@@ -557,6 +557,10 @@ class _BatchAssembler:
         # Derived arrays are rebuilt after unpickling rather than pickled (a view would pickle
         # as a copy).
         bar = self.bar
+        # The bar assembler's joint Dict rows serve single-bar calls only (this class gathers
+        # each block per batch); dropped so a vector env does not hold the blocks twice (its
+        # calls then take the per-block copies, the same values).
+        bar.dict_source, bar.dict_parts = None, ()
         builder = self.builder
         size = bar.row_size
         width = (bar.lo + 1) * size

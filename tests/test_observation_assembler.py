@@ -138,3 +138,5 @@ def test_batch_assembler_equals_build_batch(layout, flatten, clip):
     _assert_same(assemble(t, given), builder.build_batch(values))
     clone = pickle.loads(pickle.dumps(assemble))
     _assert_same(clone(t, given), assemble(t, given))
+    # The single-bar joint Dict rows are not kept by a batch assembler (memory).
+    assert assemble.bar.dict_source is None and clone.bar.dict_source is None
