@@ -223,6 +223,20 @@ class ObservationBuilder:
         Raises:
             DataError: the blocks or the sources' shapes do not match the specs.
         """
+        return self._bar_assembler(
+            window_block, window_source, row_sources, given_block, joint_rows=True
+        )
+
+    def _bar_assembler(
+        self,
+        window_block: str,
+        window_source: np.ndarray,
+        row_sources: Mapping[str, np.ndarray],
+        given_block: str,
+        joint_rows: bool,
+    ) -> _BarAssembler:
+        """:meth:`bar_assembler`; ``joint_rows=False`` leaves out the Dict layout's joint row
+        source (``_BarAssembler._derive``), which only single-bar calls read."""
         spec = self._by_name.get(window_block)
         names = {window_block, given_block, *row_sources}
         if spec is None or names != set(self._by_name) or len(names) != len(self.blocks):
@@ -260,6 +274,7 @@ class ObservationBuilder:
             flat_dim=self.flat_dim,
             in_order=order == (window_block, *rows, given_block),
             order=order,
+            joint_rows=joint_rows,
         )
 
     def batch_assembler(
@@ -287,8 +302,12 @@ class ObservationBuilder:
         Raises:
             DataError: the blocks or the sources' shapes do not match the specs.
         """
-        # Same checks (and the same trusted, float32 sources) as the single-bar assembler.
-        bar = self.bar_assembler(window_block, window_source, row_sources, given_block)
+        # Same checks (and the same trusted, float32 sources) as the single-bar assembler; no
+        # joint Dict rows (this class gathers each block per batch), so a vector env does not
+        # hold the blocks twice.
+        bar = self._bar_assembler(
+            window_block, window_source, row_sources, given_block, joint_rows=False
+        )
         return _BatchAssembler(self, bar)
 
     def build_batch(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | np.ndarray:
@@ -357,6 +376,8 @@ def _merge_row_blocks(
 class _BarAssembler:
     """``assemble(t, given)`` of :meth:`ObservationBuilder.bar_assembler` (a class to pickle)."""
 
+    joint_rows = True  # the default for assemblers pickled before the attribute existed
+
     def __init__(
         self,
         *,
@@ -370,8 +391,10 @@ class _BarAssembler:
         flat_dim: int,
         in_order: bool,
         order: tuple[str, ...],
+        joint_rows: bool = True,
     ) -> None:
         self.flatten = flatten
+        self.joint_rows = joint_rows
         self.lo = window - 1
         self.window_block = window_block
         self.source = window_source
@@ -400,10 +423,11 @@ class _BarAssembler:
         # (``MarketTradingEnv``, ~20 us); the single copy reads one cache line pair instead
         # of four cold rows, and a view costs ~0.13 us against ~0.25 us for a copy. Costs T x
         # the blocks' width of float32 more memory while the env lives; rebuilt after
-        # unpickling, never pickled. One row block: its own copy (the same cost).
+        # unpickling, never pickled. One row block: its own copy (the same cost). Not built
+        # for a batch assembler's bar (``joint_rows`` False), which never reads it.
         self.dict_source = None
         self.dict_parts: tuple[tuple[str, slice, tuple[int, ...] | None], ...] = ()
-        if not self.flatten and len(self.rows) > 1:
+        if self.joint_rows and not self.flatten and len(self.rows) > 1:
             flat_rows = [arr.reshape(arr.shape[0], -1) for arr in self.rows.values()]
             self.dict_source = np.concatenate(flat_rows, axis=1)
             parts, start = [], 0
@@ -557,10 +581,6 @@ class _BatchAssembler:
         # Derived arrays are rebuilt after unpickling rather than pickled (a view would pickle
         # as a copy).
         bar = self.bar
-        # The bar assembler's joint Dict rows serve single-bar calls only (this class gathers
-        # each block per batch); dropped so a vector env does not hold the blocks twice (its
-        # calls then take the per-block copies, the same values).
-        bar.dict_source, bar.dict_parts = None, ()
         builder = self.builder
         size = bar.row_size
         width = (bar.lo + 1) * size
