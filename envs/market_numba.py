@@ -196,6 +196,32 @@ def _clip(x: float, bound: float) -> float:
 
 
 @_jit_inline
+def _portfolio_row(
+    held: float,
+    cash: float,
+    safe_value: float,
+    close: float,
+    entry: float,
+    units: float,
+    tit: int,
+    window: int,
+    executed: float,
+    clip: float,
+) -> tuple[float, float, float, float, float]:
+    """One env's portfolio block after a batched step (``market_core._portfolio``), each value
+    clipped like ``np.clip`` (NaN kept); ``+ 0.0`` turns a ``-0.0`` P&L into ``0.0`` as there."""
+    upnl = close - entry
+    upnl *= units
+    return (
+        _clip(held, clip),
+        _clip(cash / safe_value, clip),
+        _clip((upnl + 0.0) / safe_value, clip),
+        _clip(float(tit) / float(tit + window), clip),
+        _clip(executed, clip),
+    )
+
+
+@_jit_inline
 def _trade_and_mark(
     price: float,
     close: float,
@@ -527,14 +553,14 @@ def _step_one_asset(
         flags[0, i] = term
         flags[1, i] = (s >= end[i]) & (not term)
 
-        # --- portfolio block (market_core._portfolio), clipped like np.clip (NaN kept) ---------
-        upnl = fill[1, i] - entry
-        upnl *= units
-        rows[0, i] = _clip(held, clip)
-        rows[1, i] = _clip(cash / safe_value, clip)
-        rows[2, i] = _clip((upnl + 0.0) / safe_value, clip)
-        rows[3, i] = _clip(float(tit) / float(tit + window), clip)
-        rows[4, i] = _clip(executed, clip)
+        b0, b1, b2, b3, b4 = _portfolio_row(
+            held, cash, safe_value, fill[1, i], entry, units, tit, window, executed, clip
+        )
+        rows[0, i] = b0
+        rows[1, i] = b1
+        rows[2, i] = b2
+        rows[3, i] = b3
+        rows[4, i] = b4
     block = np.empty((batch, 5))
     for i in range(batch):
         for j in range(5):
@@ -1322,14 +1348,14 @@ def _step_observe(
         flags[1, i] = trunc
         flags[2, i] = done
 
-        # --- portfolio block (market_core._portfolio), clipped like np.clip (NaN kept) --------
-        upnl = close - entry
-        upnl *= units
-        block[0, i] = _clip(held, PORTFOLIO_CLIP)
-        block[1, i] = _clip(cash / safe_value, PORTFOLIO_CLIP)
-        block[2, i] = _clip((upnl + 0.0) / safe_value, PORTFOLIO_CLIP)
-        block[3, i] = _clip(float(tit) / float(tit + window), PORTFOLIO_CLIP)
-        block[4, i] = _clip(executed, PORTFOLIO_CLIP)
+        b0, b1, b2, b3, b4 = _portfolio_row(
+            held, cash, safe_value, close, entry, units, tit, window, executed, PORTFOLIO_CLIP
+        )
+        block[0, i] = b0
+        block[1, i] = b1
+        block[2, i] = b2
+        block[3, i] = b3
+        block[4, i] = b4
 
     # --- equity slots: an indexed (scattered) write, kept out of the vectorised loop ------------
     for i in range(batch):
